@@ -1,0 +1,46 @@
+# One shared virtualenv, created on first use by every target that needs it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mmpath-installed
+# torch/torchvision are pinned here (not in pyproject) to the pair that imports next to timm
+# and open_clip on these machines; users elsewhere may install any torch >= 2.3 first.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+TESTDATA ?= $(HOME)/.cache/mmpath/testdata
+
+.PHONY: venv demo test test-all lint format bench testdata clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+testdata: venv
+	$(BIN)/python tools/fetch_test_data --dest $(TESTDATA)
+
+demo: venv
+	MMPATH_TESTDATA=$(TESTDATA) $(BIN)/mmpath demo -o demo-out
+
+test: venv testdata
+	MMPATH_TESTDATA=$(TESTDATA) $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+test-all: venv testdata
+	MMPATH_TESTDATA=$(TESTDATA) $(BIN)/python -m pytest -q -p no:cacheprovider -m 'not gpu and not network' --durations=25
+
+lint: venv
+	$(BIN)/ruff check mmpath tests tools
+	$(BIN)/ruff format --check mmpath tests tools
+
+format: venv
+	$(BIN)/ruff format mmpath tests tools
+	$(BIN)/ruff check --fix mmpath tests tools
+
+bench: venv
+	@for b in tools/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache

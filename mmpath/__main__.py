@@ -1,0 +1,5 @@
+import sys
+
+from mmpath.cli import main
+
+sys.exit(main())

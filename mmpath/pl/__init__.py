@@ -1,0 +1,1 @@
+"""(populated by its issue)."""

@@ -1,0 +1,12 @@
+"""Preprocessing: slide -> tissue mask -> tile table.
+
+Example
+-------
+>>> mask = mm.pp.detect_tissue(slide)
+>>> tiles = mm.pp.tile(slide, 224, mpp=0.5, tissue=mask)
+"""
+
+from mmpath.pp.tiling import plan_read, tile
+from mmpath.pp.tissue import TissueMask, detect_tissue
+
+__all__ = ["detect_tissue", "TissueMask", "tile", "plan_read"]
