@@ -1,1 +1,10 @@
-"""(populated by its issue)."""
+"""Pictures: tiles over thumbnails, embeddings, galleries.
+
+Example
+-------
+>>> mm.pl.tiles(tiles, slide, color="tissue_frac", save="grid.png")
+"""
+
+from mmpath.pl.tiles import tiles
+
+__all__ = ["tiles"]

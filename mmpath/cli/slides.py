@@ -1,0 +1,107 @@
+"""``mmpath info`` and ``mmpath tile``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+from mmpath.cli._common import progress, slide_mpp_arg, summary
+from mmpath.errors import MmpathError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="print a slide's dimensions, levels, mpp and metadata")
+    p.add_argument("slides", nargs="+", help="slide files")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    slide_mpp_arg(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tile", help="detect tissue and tile slides into .h5ad tile tables")
+    p.add_argument("slides", nargs="+", help="slide files")
+    p.add_argument("-o", "--out", required=True, help="output directory")
+    p.add_argument("--size", type=int, default=224, help="tile side in pixels (224)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mpp", type=float, default=None, help="target µm/px of the tiles")
+    g.add_argument("--level", type=int, default=None, help="tile at this pyramid level")
+    p.add_argument("--overlap", type=int, default=0, help="overlap between tiles in pixels")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction")
+    p.add_argument("--no-thumbnail", action="store_true", help="skip the grid thumbnail PNG")
+    p.add_argument("--overwrite", action="store_true", help="redo slides whose table exists")
+    slide_mpp_arg(p)
+    p.set_defaults(func=cmd_tile)
+
+
+def cmd_info(args) -> int:
+    from mmpath.io import open_slide
+
+    failed = 0
+    for path in args.slides:
+        try:
+            with open_slide(path, mpp=args.slide_mpp) as slide:
+                info = slide.provenance()
+                info["slide_id"] = slide.slide_id
+                info["level_dimensions"] = [list(d) for d in slide.level_dimensions]
+                info["associated_images"] = slide.associated_image_names()
+                info["properties"] = dict(slide.properties)
+        except MmpathError as err:
+            print(f"mmpath: error: {err}")
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(info, indent=2))
+            continue
+        mpp = f"{info['mpp']:.4g} µm/px ({info['mpp_source']})" if info["mpp"] else "unknown"
+        print(f"{info['slide_id']}: {path}")
+        print(f"  vendor     {info['vendor']} ({info['backend']})")
+        print(f"  size       {info['dims'][0]} x {info['dims'][1]} px, mpp {mpp}")
+        for i, (d, ds) in enumerate(zip(info["level_dimensions"], info["level_downsamples"])):
+            print(f"  level {i}    {d[0]} x {d[1]} (downsample {ds:.4g})")
+        if info["associated_images"]:
+            print(f"  associated {', '.join(info['associated_images'])}")
+    return 2 if failed else 0
+
+
+def tile_one(path: str, args) -> tuple[int, Path]:
+    """Tile one slide into ``<out>/<slide_id>.h5ad`` (+ thumbnail); returns (n_tiles, path)."""
+    from mmpath import io, pl, pp
+
+    out = Path(args.out)
+    with io.open_slide(path, mpp=args.slide_mpp) as slide:
+        target = out / f"{slide.slide_id}.h5ad"
+        if target.exists() and not args.overwrite:
+            log.info("%s exists; skipping (use --overwrite to redo)", target)
+            return io.read_h5ad(target).n_obs, target
+        mask = pp.detect_tissue(slide)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # empty slides are reported below
+            tiles = pp.tile(
+                slide, args.size, mpp=args.mpp, level=args.level, overlap=args.overlap,
+                min_tissue=args.min_tissue, tissue=mask,
+            )
+        io.write_h5ad(tiles, target)
+        if not args.no_thumbnail:
+            pl.tiles(tiles, slide, color="tissue_frac", tissue=mask,
+                     save=out / f"{slide.slide_id}.png")
+    return tiles.n_obs, target
+
+
+def cmd_tile(args) -> int:
+    n_ok, n_tiles, failures = 0, 0, []
+    for path in progress(args.slides, args, desc="tiling", unit="slide"):
+        try:
+            n, _ = tile_one(path, args)
+        except MmpathError as err:
+            print(f"mmpath: error: {path}: {err}")
+            failures.append(path)
+            continue
+        if n == 0:
+            print(f"mmpath: warning: {path}: no tissue tiles (empty table written)")
+        n_ok += 1
+        n_tiles += n
+    summary(args, f"tiled {n_ok}/{len(args.slides)} slide(s): {n_tiles} tiles -> {args.out}"
+            + (f"; {len(failures)} failed" if failures else ""))
+    return 2 if failures else 0
