@@ -13,6 +13,7 @@ X = "x"  # level-0 pixels, top-left of the tile
 Y = "y"
 TISSUE_FRAC = "tissue_frac"  # fraction of the tile covered by detected tissue
 TILE_OK = "tile_ok"  # False where a tile could not be read (corrupt region)
+ANNOTATION = "annotation"  # default obs column of tile labels from polygon annotations
 
 # obsm
 SPATIAL = "spatial"  # tile centres in level-0 pixels (scanpy/squidpy convention)
@@ -43,3 +44,32 @@ def rep_key(slug: str, *, proj: bool = False) -> str:
 def obs_name(slide_id: str, i: int) -> str:
     """Unique row name of tile ``i`` of ``slide_id``."""
     return f"{slide_id}:{i}"
+
+
+# zero-shot classification and probes (mm.tl.zero_shot, mm.tl.linear_probe)
+ZS = "zs"  # default key_added: obs["zs"] argmax label, obs["zs_<class>"] probabilities
+N_TILES = "n_tiles"  # slide tables: number of tiles pooled into a slide's row
+LOGITS = "logits"  # slide tables: layers["logits"], pooled (top-k mean) class logits
+PROBE = "probe"  # default key of a linear probe's run record
+
+_CLASS_BAD = re.compile(r"[^a-z0-9]+")
+
+
+def class_key(prefix: str, name: str) -> str:
+    """obs column of one class's score: ``<prefix>_<class>`` with a sanitised class name.
+
+    Lowercase, every run of characters outside ``[a-z0-9]`` becomes one ``_``:
+    ``class_key("zs", "Tumor tissue")`` is ``"zs_tumor_tissue"``.
+    """
+    return f"{prefix}_{_CLASS_BAD.sub('_', name.lower()).strip('_')}"
+
+
+# spatial transcriptomics (spot tiles; image-to-RNA)
+BARCODE = "barcode"  # obs: the spot's barcode in the ST table
+SPOT_X = "spot_x"  # obs: spot centre in level-0 pixels (the tile may be shifted at edges)
+SPOT_Y = "spot_y"
+UNS_EXPRESSION = "expression"  # uns["mmpath"]["expression"]: the model a prediction came from
+
+# embedding step (tl.embed / tl.aggregate)
+N_TILES = "n_tiles"  # slide tables: tiles pooled into each row
+UNS_AGGREGATE = "aggregate"  # slide tables: how the tile embeddings were pooled

@@ -48,6 +48,8 @@ def cmd_info(args) -> int:
                 info["associated_images"] = slide.associated_image_names()
                 info["properties"] = dict(slide.properties)
         except MmpathError as err:
+            if args.debug:
+                raise
             print(f"mmpath: error: {err}")
             failed += 1
             continue
@@ -95,6 +97,8 @@ def cmd_tile(args) -> int:
         try:
             n, _ = tile_one(path, args)
         except MmpathError as err:
+            if args.debug:
+                raise
             print(f"mmpath: error: {path}: {err}")
             failures.append(path)
             continue

@@ -10,9 +10,15 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from mmpath.datasets.synthetic import Region, SlideSpec, default_spec, write_synthetic_slide
+from mmpath.datasets.synthetic import (
+    Region,
+    SlideSpec,
+    default_spec,
+    render,
+    write_synthetic_slide,
+)
 
-__all__ = ["sample_slide", "sample_slide_path", "Region", "SlideSpec", "default_spec",
+__all__ = ["sample_slide", "sample_slide_path", "Region", "SlideSpec", "default_spec", "render",
            "write_synthetic_slide"]
 
 SAMPLE_LICENSE = (

@@ -111,8 +111,20 @@ def _hash_noise(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
     return (h & np.uint64(0xFFFF)).astype(np.float32) / 65536.0
 
 
-def render(spec: SlideSpec, x0: float, y0: float, w: int, h: int, ds: float = 1.0) -> np.ndarray:
-    """Render the ``w`` x ``h`` patch whose top-left is level-0 ``(x0, y0)`` at downsample ``ds``."""
+def render(
+    spec: SlideSpec,
+    location: tuple[float, float],
+    size: tuple[int, int],
+    *,
+    downsample: float = 1.0,
+) -> np.ndarray:
+    """Render the ``size=(w, h)`` patch whose top-left is level-0 ``location`` at ``downsample``.
+
+    Example
+    -------
+    >>> patch = render(default_spec(), (0, 0), (256, 256), downsample=4)
+    """
+    (x0, y0), (w, h), ds = location, size, downsample
     xs = x0 + (np.arange(w, dtype=np.float64) + 0.5) * ds
     ys = y0 + (np.arange(h, dtype=np.float64) + 0.5) * ds
     X, Y = np.meshgrid(xs, ys)
@@ -146,7 +158,7 @@ def render(spec: SlideSpec, x0: float, y0: float, w: int, h: int, ds: float = 1.
 def _tiles(spec: SlideSpec, ds: int, lw: int, lh: int, ts: int) -> Iterator[np.ndarray]:
     for ty in range(0, lh, ts):
         for tx in range(0, lw, ts):
-            yield render(spec, tx * ds, ty * ds, ts, ts, ds)
+            yield render(spec, (tx * ds, ty * ds), (ts, ts), downsample=ds)
 
 
 def write_synthetic_slide(

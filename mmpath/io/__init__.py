@@ -7,6 +7,8 @@ Example
 >>> batch = mm.io.read_tiles(slide, tiles[:64])
 """
 
+from mmpath.io.annotations import Annotations, read_annotations
+from mmpath.io.metadata import join_metadata
 from mmpath.io.slide import ArraySlide, OpenSlideSlide, Slide, open_slide
 from mmpath.io.table import concat, read_h5ad, write_h5ad
 from mmpath.io.tiles import TileDataset, TileReader, iter_tiles, open_slide_from, read_tiles
@@ -24,4 +26,7 @@ __all__ = [
     "read_h5ad",
     "write_h5ad",
     "concat",
+    "read_annotations",
+    "Annotations",
+    "join_metadata",
 ]

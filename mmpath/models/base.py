@@ -15,11 +15,19 @@ model name:
 * ``forward_intermediates(x, indices) -> list[Tensor (B, C, H', W')]``: feature maps of the
   image tower for dense heads (U-Net), for every image tower.
 * ``info``: an :class:`EncoderInfo` (frozen) with the dims, data config, licence and source.
+
+Beyond that contract, every encoder can describe how to rebuild itself (``export``), which is
+what :func:`mmpath.models.save_encoder` writes next to the weights: a family name from
+``mmpath.models.registry.families`` plus plain keyword arguments. Image-text encoders expose
+``logit_scale`` (a log-scale ``nn.Parameter``) for contrastive training, and text towers
+``text_features(tokens)``: the pooled, *unnormalised* sentence embedding that a projection
+head (see the ``pair`` family) reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -111,6 +119,27 @@ class Encoder(nn.Module):
         self, x: torch.Tensor, indices: int | Sequence[int] = 4
     ) -> list[torch.Tensor]:
         raise ModelError(f"encoder {self.info.name!r} has no image tower")
+
+    def text_features(self, tokens: Tokens) -> torch.Tensor:
+        """Pooled text embedding before normalisation (what a projection head reads)."""
+        raise ModelError(f"encoder {self.info.name!r} has no text tower")
+
+    def export(self, root: Path, sub: str) -> dict[str, Any]:
+        """How to rebuild this module: ``{"family": name, "kwargs": {...}}``.
+
+        Families that need files to rebuild (a transformers config, a tokenizer) write them
+        under ``root / sub`` and refer to them as ``"./<sub>/..."`` in the kwargs.
+        """
+        spec = getattr(self, "_spec", None)
+        if spec is None:
+            raise ModelError(f"encoder {self.info.name!r} cannot describe how to rebuild itself")
+        return {"family": spec[0], "kwargs": dict(spec[1])}
+
+    def load_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint in its public format (strict; mismatches raise WeightsError)."""
+        from mmpath.models.weights import load_strict
+
+        load_strict(self, state_dict, name=self.info.name)
 
     def forward(self, x: torch.Tensor) -> ImageEmbedding:
         return self.encode_image(x)

@@ -6,7 +6,8 @@ Example
 >>> tiles = mm.pp.tile(slide, 224, mpp=0.5, tissue=mask)
 """
 
+from mmpath.pp.annotate import annotate_tiles
 from mmpath.pp.tiling import plan_read, tile
 from mmpath.pp.tissue import TissueMask, detect_tissue
 
-__all__ = ["detect_tissue", "TissueMask", "tile", "plan_read"]
+__all__ = ["detect_tissue", "TissueMask", "tile", "plan_read", "annotate_tiles"]

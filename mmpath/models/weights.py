@@ -1,0 +1,292 @@
+"""Finding and loading model weights offline.
+
+Resolution order (first match wins), as ARCHITECTURE.md §3 fixes it:
+
+1. an explicit file or folder (``weights=`` / ``--weights``);
+2. ``local-dir:/path`` (our own format: ``config.yaml`` + ``model.safetensors``; handled by
+   :func:`mmpath.models.create_encoder`, which reads the config too);
+3. ``$MMPATH_HOME/weights/<name>/`` (what ``mmpath weights install`` fills), then a pip
+   package that bundles the folder when the entry names one (MiniLM);
+4. the Hugging Face cache, then the hub, through ``huggingface_hub`` (``HF_HUB_OFFLINE=1``
+   means cache only). Network failures never hang: the hub is asked with a short timeout and
+   any failure becomes one :class:`~mmpath.errors.WeightsError` naming every place looked and
+   how to provide the weights.
+
+Files load with safetensors when possible, otherwise ``torch.load(weights_only=True)``; a
+sha256 is checked when the entry carries one. Loading is strict: a checkpoint whose keys or
+shapes do not match the architecture raises :class:`~mmpath.errors.WeightsError` with a short
+list of what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmpath._settings import mmpath_home
+from mmpath.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WeightsSpec", "resolve_weights", "read_state_dict", "load_strict", "weights_dir"]
+
+# File names looked for inside a model folder, in preference order (safetensors first).
+DEFAULT_FILES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+    "model.pth",
+    "pytorch_model.pth",
+    "model.pt",
+    "checkpoint.pth",
+)
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where an entry's real weights come from.
+
+    Parameters
+    ----------
+    hub_id
+        Hugging Face repository id (``MahmoodLab/UNI``).
+    files
+        File names to prefer inside the folder (defaults to :data:`DEFAULT_FILES`).
+    sha256
+        Expected sha256 of the weights file, when published.
+    package
+        ``"module:subdir"`` of a pip package that bundles the model folder.
+    gated
+        The hub repository needs an accepted licence and a token.
+    """
+
+    hub_id: str | None = None
+    files: tuple[str, ...] = ()
+    sha256: str | None = None
+    package: str | None = None
+    gated: bool = False
+
+
+def weights_dir(name: str) -> Path:
+    """``$MMPATH_HOME/weights/<name>/``: where ``mmpath weights install`` puts a model."""
+    return mmpath_home() / "weights" / name
+
+
+def _package_dir(package: str) -> Path | None:
+    module, _, sub = package.partition(":")
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    folder = Path(next(iter(found.submodule_search_locations))) / sub
+    return folder if folder.is_dir() else None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _from_hub(hub_id: str, files: Iterable[str], looked: list[str]) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a declared dependency
+        looked.append("Hugging Face cache (huggingface_hub not installed)")
+        return None
+    try:
+        folder = Path(snapshot_download(hub_id, local_files_only=True))
+        if any(folder.iterdir()):
+            return folder
+    except Exception as err:  # noqa: BLE001 - any cache miss means "not here"
+        log.debug("HF cache miss for %s: %s", hub_id, err)
+    looked.append(f"Hugging Face cache for {hub_id!r} (HF_HOME/HF_HUB_CACHE)")
+    if _offline():
+        looked.append("the hub (skipped: HF_HUB_OFFLINE=1)")
+        return None
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    patterns = [*files, *DEFAULT_FILES, "*.json", "*.txt", "*.model", "*.yaml", "*.index.json"]
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001 - offline, gated, missing: one clear error below
+        looked.append(f"the hub ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+        return None
+
+
+def resolve_weights(
+    name: str, spec: WeightsSpec | None = None, explicit: str | os.PathLike[str] | None = None
+) -> Path:
+    """Find the weights of entry ``name``: a file or a model folder.
+
+    Parameters
+    ----------
+    name
+        Registry name (the ``$MMPATH_HOME/weights/<name>/`` folder name).
+    spec
+        The entry's :class:`WeightsSpec` (hub id, package, file names).
+    explicit
+        A file or folder given by the user; wins over everything else.
+
+    Returns
+    -------
+    The file or folder to read.
+
+    Example
+    -------
+    >>> resolve_weights("uni", WeightsSpec(hub_id="MahmoodLab/UNI"))  # doctest: +SKIP
+    PosixPath('/root/.cache/mmpath/weights/uni')
+    """
+    spec = spec or WeightsSpec()
+    if explicit is not None:
+        path = Path(str(explicit).removeprefix("local-dir:")).expanduser()
+        if path.exists():
+            return path
+        raise WeightsError(f"weights {str(explicit)!r} do not exist; pass an existing file or folder")
+    looked: list[str] = []
+    home = weights_dir(name)
+    if home.is_dir() and any(home.iterdir()):
+        return home
+    looked.append(str(home))
+    if spec.package:
+        bundled = _package_dir(spec.package)
+        if bundled is not None:
+            return bundled
+        looked.append(f"pip package {spec.package.split(':')[0]!r} (not installed)")
+    if spec.hub_id:
+        found = _from_hub(spec.hub_id, spec.files, looked)
+        if found is not None:
+            return found
+    how = f"`mmpath weights install {name} /path/to/downloaded/folder`, or pass --weights/weights="
+    if spec.hub_id:
+        gated = " (gated: accept its licence on the hub first)" if spec.gated else ""
+        how = (
+            f"download {spec.hub_id}{gated} on a machine with internet "
+            f"(`hf download {spec.hub_id} --local-dir DIR`), then run {how}"
+        )
+    raise WeightsError(
+        f"no weights for {name!r}; looked in: {'; '.join(looked)}. To provide them, {how}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _pick_file(folder: Path, files: Iterable[str]) -> list[Path]:
+    for index in SHARD_INDEXES:
+        if (folder / index).is_file():
+            try:
+                weight_map = json.loads((folder / index).read_text())["weight_map"]
+            except (ValueError, KeyError) as err:
+                raise WeightsError(f"{folder / index} is not a valid shard index ({err})") from None
+            return [folder / f for f in sorted(set(weight_map.values()))]
+    for fname in (*files, *DEFAULT_FILES):
+        if (folder / fname).is_file():
+            return [folder / fname]
+    present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
+    raise WeightsError(
+        f"no weights file in {folder} (expected one of {', '.join(DEFAULT_FILES[:4])}...; "
+        f"found {present})"
+    )
+
+
+def _read_one(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reader error means "unreadable"
+        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise WeightsError(
+            f"cannot read weights {path}: the file is corrupt or not a checkpoint ({msg}); "
+            "download it again"
+        ) from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def read_state_dict(
+    location: str | os.PathLike[str], *, files: Iterable[str] = (), sha256: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from a weights file or a model folder (sharded checkpoints merged).
+
+    Example
+    -------
+    >>> sd = read_state_dict("/models/uni")  # doctest: +SKIP
+    """
+    location = Path(location)
+    paths = _pick_file(location, files) if location.is_dir() else [location]
+    if sha256 and len(paths) == 1:
+        actual = _sha256(paths[0])
+        if actual != sha256.lower():
+            raise WeightsError(
+                f"sha256 of {paths[0]} is {actual[:12]}..., expected {sha256[:12]}...: the file "
+                "is corrupt or a different model; download it again"
+            )
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(_read_one(path))
+    if state and all(k.startswith("module.") for k in state):  # saved from DDP
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    log.info("read %d tensors from %s", len(state), location)
+    return state
+
+
+def _brief(keys: list[str], n: int = 4) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, Any], *, name: str) -> None:
+    """``module.load_state_dict(state_dict, strict=True)`` with a readable WeightsError.
+
+    Example
+    -------
+    >>> load_strict(model, read_state_dict(path), name="uni")  # doctest: +SKIP
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (file vs model): {_brief(wrong, 3)}")
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_brief(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_brief(unexpected)}")
+        raise WeightsError(
+            f"weights do not match encoder {name!r}: {'; '.join(parts)}. "
+            "Are these the weights of a different model?"
+        )
+    module.load_state_dict(dict(state_dict), strict=True)

@@ -1,0 +1,191 @@
+"""Tile streaming and model-specific preprocessing for :func:`mmpath.tl.embed`.
+
+Torch is imported inside functions only (``import mmpath`` stays torch-free).
+
+Preprocessing, from the encoder's :class:`~mmpath.models.base.DataConfig`:
+
+1. When the tile's effective mpp (``uns`` tiling provenance, ``mpp_effective``) and the
+   encoder's mpp are both known and differ by more than :data:`MPP_TOLERANCE`, the tile is
+   resampled to the encoder's mpp (``size * mpp_tile / mpp_encoder`` px), so tissue reaches
+   the model at the magnification it was trained at.
+2. The result is brought to ``input_size``: a centre crop when it is larger (the field of view
+   shrinks but the magnification stays right), a resize when it is smaller (the model needs
+   its input size; a warning says the magnification is then off). Without a known mpp on
+   either side, step 1 is skipped and the tile is resized to ``input_size``.
+3. ``uint8 HWC -> float CHW`` in ``[0, 1]``, then ``(x - mean) / std``.
+
+Resizing runs on uint8 tensors with antialiasing (torchvision's fast path) in the reader
+processes, so the main process only runs the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmpath.io import _prov
+from mmpath.io.slide import ArraySlide, Slide, open_slide
+from mmpath.io.tiles import Remap, TileReader
+
+log = logging.getLogger(__name__)
+
+MPP_TOLERANCE = 0.03  # relative mpp difference treated as "the same magnification"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Picklable per-slide preprocessing: tile ``size`` px -> model input tensor."""
+
+    size: int  # tile side in the table
+    resize_to: int | None  # side after the resampling step (None: no resize)
+    crop_to: int | None  # centre crop side (None: no crop)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    def __call__(self, img: np.ndarray):
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        if self.resize_to is not None:
+            x = F.resize(
+                x,
+                [self.resize_to, self.resize_to],
+                interpolation=_interp(self.interpolation),
+                antialias=True,
+            )
+        if self.crop_to is not None:
+            x = F.center_crop(x, [self.crop_to, self.crop_to])
+        x = F.to_dtype(x, torch.float32, scale=True)
+        return F.normalize(x, list(self.mean), list(self.std))
+
+    def describe(self) -> dict[str, Any]:
+        return {"tile_size": self.size, "resize_to": self.resize_to, "crop_to": self.crop_to}
+
+
+def _interp(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    try:
+        return InterpolationMode(name.lower())
+    except ValueError:
+        return InterpolationMode.BICUBIC
+
+
+def plan_preprocess(tile_size: int, tile_mpp: float | None, data, *, slide_id: str = "") -> Preprocess:
+    """The :class:`Preprocess` taking ``tile_size`` px tiles at ``tile_mpp`` to ``data``.
+
+    ``data`` is the encoder's ``DataConfig``.
+    """
+    target = int(data.input_size)
+    resize_to: int | None = None
+    crop_to: int | None = None
+    enc_mpp = data.mpp
+    if tile_mpp and enc_mpp:
+        same = abs(tile_mpp / enc_mpp - 1) <= MPP_TOLERANCE
+        scaled = tile_size if same else max(1, round(tile_size * tile_mpp / enc_mpp))
+        if scaled >= target:
+            resize_to = None if scaled == tile_size else scaled
+            crop_to = target if scaled > target else None
+        else:
+            resize_to = target
+            log.warning(
+                "slide %r: a %d px tile at %.3g µm/px covers %d px at the encoder's %.3g µm/px, "
+                "less than its %d px input; tiles are upsampled (magnification off by %.2fx). "
+                "Tile with a larger size to avoid this.",
+                slide_id, tile_size, tile_mpp, scaled, enc_mpp, target, target / scaled,
+            )
+    elif tile_size != target:
+        resize_to = target
+    return Preprocess(
+        size=int(tile_size),
+        resize_to=resize_to,
+        crop_to=crop_to,
+        mean=tuple(float(v) for v in data.mean),
+        std=tuple(float(v) for v in data.std),
+        interpolation=str(data.interpolation),
+    )
+
+
+def slide_preprocess(tiles, slide_id: str, data) -> Preprocess:
+    """The preprocessing of one slide's tiles, from the table's tiling provenance."""
+    t = _prov.tiling(tiles, slide_id)
+    eff = t.get("mpp_effective")
+    return plan_preprocess(int(t["size"]), None if eff is None else float(eff), data,
+                           slide_id=slide_id)
+
+
+class EmbedDataset:
+    """Map-style dataset: item ``i`` -> ``(input tensor, i, ok)``; torch-free until called.
+
+    ``ok`` is False when the region was damaged (the tile is read as white). Unlike
+    :class:`mmpath.io.TileDataset`, the flag travels with the item, so it survives worker
+    processes.
+    """
+
+    def __init__(self, tiles, transform: Preprocess, *, slide: Slide | None = None,
+                 remap: Remap = None) -> None:
+        self.reader = TileReader(tiles, slide=slide, remap=remap)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int):
+        img, ok = self.reader.read_or_blank(int(i))
+        return self.transform(img), int(i), bool(ok)
+
+
+def worker_init(worker_id: int) -> None:
+    """Give each reader process its own slide handle (openslide handles must not cross)."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    reader: TileReader = info.dataset.reader
+    given = reader._given
+    if given is not None and given.path is not None and not isinstance(given, ArraySlide):
+        mpp = given.mpp if given.mpp_source == "override" else None
+        reader._given = open_slide(given.path, mpp=mpp, slide_id=given.slide_id)
+
+
+def make_loader(dataset: EmbedDataset, batches: list[list[int]], *, num_workers: int,
+                pin_memory: bool = False):
+    """A DataLoader yielding the given batches in order, reading ahead in workers."""
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    in_memory = dataset.reader._given is not None and dataset.reader._given.path is None
+    if in_memory and num_workers > 0 and not _can_fork():
+        num_workers = 0  # an in-memory slide only reaches workers by fork
+    if num_workers > 0:
+        kwargs.update(worker_init_fn=worker_init, prefetch_factor=2)
+        if _can_fork():
+            kwargs["multiprocessing_context"] = "fork"
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory, **kwargs
+    )
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods()
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``range(n)`` in chunks."""
+    return [(s, min(n, s + chunk_size)) for s in range(0, n, chunk_size)]
+
+
+def batches_of(start: int, stop: int, batch_size: int) -> list[list[int]]:
+    return [list(range(s, min(stop, s + batch_size))) for s in range(start, stop, batch_size)]
+
+
+def round_chunk(chunk_size: int, batch_size: int) -> int:
+    """Chunks hold whole batches, so a resumed run feeds the model the same batches."""
+    return max(1, math.ceil(chunk_size / batch_size)) * batch_size
