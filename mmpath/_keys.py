@@ -71,5 +71,11 @@ SPOT_Y = "spot_y"
 UNS_EXPRESSION = "expression"  # uns["mmpath"]["expression"]: the model a prediction came from
 
 # embedding step (tl.embed / tl.aggregate)
-N_TILES = "n_tiles"  # slide tables: tiles pooled into each row
 UNS_AGGREGATE = "aggregate"  # slide tables: how the tile embeddings were pooled
+
+# segmentation and anomaly heads (tl.segment / tl.anomaly / tl.anomaly_knn)
+SEG = "seg"  # default key_added of tl.segment: obs["seg_<class>_frac"]
+UNS_SEGMENT = "segment"  # uns["mmpath"]["segment"][key]: model, classes, per-slide areas
+ANOMALY = "anomaly"  # default key_added of tl.anomaly: obs["anomaly_score"], ...
+ANOMALY_KNN = "anomaly_knn"  # default key_added of tl.anomaly_knn: obs["anomaly_knn_score"]
+UNS_ANOMALY = "anomaly"  # uns["mmpath"]["anomaly"][key]: model / bank provenance

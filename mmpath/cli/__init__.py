@@ -17,7 +17,7 @@ from mmpath._version import __version__
 from mmpath.errors import MmpathError
 
 # Modules under mmpath.cli that contribute verbs, in help order.
-COMMAND_MODULES = ["slides", "demo"]
+COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "train", "heads", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

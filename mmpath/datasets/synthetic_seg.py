@@ -72,9 +72,7 @@ def _ellipses(rng: np.random.Generator, size: int, n: int, rmin: float, rmax: fl
     return mask
 
 
-def make_seg_images(
-    n: int, size: int = 64, *, kind: str = "texture", seed: int = 0
-) -> SegImages:
+def make_seg_images(n: int, size: int = 64, *, kind: str = "texture", seed: int = 0) -> SegImages:
     """``n`` H&E-like images with exact masks.
 
     Parameters
@@ -120,8 +118,9 @@ def make_seg_images(
             t = np.where(dark, 0.9 + 0.05 * smooth, t)
             masks[i] = fg.astype(np.uint8) + 2 * dark.astype(np.uint8)
         images[i] = stain_to_rgb(t, rng)
-    names = ("background", "textured") if kind != "multiclass" else (
-        "background", "textured", "dark")
+    names = (
+        ("background", "textured") if kind != "multiclass" else ("background", "textured", "dark")
+    )
     if kind == "colour":
         names = ("background", "nuclei-dense")
     return SegImages(images, masks, names)

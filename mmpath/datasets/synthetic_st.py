@@ -62,13 +62,14 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, n_waves: int = 4) ->
     return out / max(out.max(), 1e-6)
 
 
-def _render(rng: np.random.Generator, density: np.ndarray, eosin: np.ndarray,
-            nucleus_r: int) -> np.ndarray:
+def _render(
+    rng: np.random.Generator, density: np.ndarray, eosin: np.ndarray, nucleus_r: int
+) -> np.ndarray:
     h, w = density.shape
     tint = 0.35 + 0.65 * eosin[..., None]
     img = BACKGROUND * (1 - tint) + EOSIN * tint
     # Nuclei: a Poisson number per pixel-block proportional to the density field.
-    p = 0.012 * density / (nucleus_r**2)
+    p = 0.04 * density / (nucleus_r**2)
     centres = np.argwhere(rng.random((h, w)) < p)
     r = nucleus_r
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
@@ -140,14 +141,18 @@ def synthetic_st(
     spacing, diam = spacing_um / mpp, diameter_um / mpp
     margin = int(np.ceil(diam))
     side = int(margin * 2 + spacing * (grid - 1))
-    names = ([f"MORPH_{i}" for i in range(n_morph)] + [f"SAMPLE_{i}" for i in range(n_sample_genes)]
-             + [f"NOISE_{i}" for i in range(n_noise)])
+    names = (
+        [f"MORPH_{i}" for i in range(n_morph)]
+        + [f"SAMPLE_{i}" for i in range(n_sample_genes)]
+        + [f"NOISE_{i}" for i in range(n_noise)]
+    )
     n_genes = len(names)
     base = rng.uniform(0.5, 2.0, n_genes)  # log-rate per 1,000 counts
     signs = np.where(np.arange(n_morph) % 2 == 0, 1.0, -1.0)
     z = rng.normal(0, 1, n_samples)
-    genomic = np.column_stack([z + rng.normal(0, 0.1, n_samples),
-                               rng.normal(0, 1, (n_samples, max(genomic_dims - 1, 0)))])
+    genomic = np.column_stack(
+        [z + rng.normal(0, 0.1, n_samples), rng.normal(0, 1, (n_samples, max(genomic_dims - 1, 0)))]
+    )
     ids = [f"sample{i}" for i in range(n_samples)]
     samples = []
     for s, sid in enumerate(ids):
@@ -171,17 +176,28 @@ def synthetic_st(
         rate = rate / rate.sum(1, keepdims=True) * libsize[:, None]
         counts = rng.poisson(rate).astype(np.float32)
         obs = pd.DataFrame(
-            {"in_tissue": 1, "array_row": np.repeat(np.arange(grid), grid),
-             "array_col": np.tile(np.arange(grid), grid),
-             "true_density": d.astype(np.float32), "true_eosin": e.astype(np.float32)},
+            {
+                "in_tissue": 1,
+                "array_row": np.repeat(np.arange(grid), grid),
+                "array_col": np.tile(np.arange(grid), grid),
+                "true_density": d.astype(np.float32),
+                "true_eosin": e.astype(np.float32),
+            },
             index=[f"{sid}-{i:04d}-1" for i in range(len(xy))],
         )
         st = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=names))
         st.obsm[K.SPATIAL] = xy.astype(np.float64)
-        st.uns["spatial"] = {sid: {"scalefactors": {
-            "spot_diameter_fullres": float(diam), "tissue_hires_scalef": 1.0,
-            "tissue_lowres_scalef": 1.0, "fiducial_diameter_fullres": float(diam * 1.6)},
-            "metadata": {"synthetic": True}}}
+        st.uns["spatial"] = {
+            sid: {
+                "scalefactors": {
+                    "spot_diameter_fullres": float(diam),
+                    "tissue_hires_scalef": 1.0,
+                    "tissue_lowres_scalef": 1.0,
+                    "fiducial_diameter_fullres": float(diam * 1.6),
+                },
+                "metadata": {"synthetic": True},
+            }
+        }
         if directory is not None:
             from PIL import Image
 
@@ -193,5 +209,10 @@ def synthetic_st(
             slide = ArraySlide(img, mpp=mpp, slide_id=sid)
         samples.append((st, slide))
     gen = pd.DataFrame(genomic, index=ids, columns=[f"g{i}" for i in range(genomic.shape[1])])
-    return SyntheticST(samples, gen, names[:n_morph], names[n_morph : n_morph + n_sample_genes],
-                       names[n_morph + n_sample_genes :])
+    return SyntheticST(
+        samples,
+        gen,
+        names[:n_morph],
+        names[n_morph : n_morph + n_sample_genes],
+        names[n_morph + n_sample_genes :],
+    )

@@ -23,6 +23,11 @@ __all__ = ["run_demo", "STEPS", "DemoContext", "Section"]
 # (module under mmpath.demo, title): run in order.
 STEPS: list[tuple[str, str]] = [
     ("step_tiling", "Tissue detection and tiling"),
+    ("step_embed", "Embedding, UMAP and clusters"),
+    ("step_search", "Tile search (FAISS index)"),
+    ("step_zeroshot", "Zero-shot classification (demo model, not diagnostic)"),
+    ("step_expression", "Image-to-RNA (smoke demo)"),
+    ("step_heads", "Segmentation and anomaly heads (toy models)"),
 ]
 
 

@@ -12,6 +12,7 @@ from mmpath.io.metadata import join_metadata
 from mmpath.io.slide import ArraySlide, OpenSlideSlide, Slide, open_slide
 from mmpath.io.table import concat, read_h5ad, write_h5ad
 from mmpath.io.tiles import TileDataset, TileReader, iter_tiles, open_slide_from, read_tiles
+from mmpath.io.visium import read_visium, spot_scalefactors, visium_image
 
 __all__ = [
     "Slide",
@@ -29,4 +30,7 @@ __all__ = [
     "read_annotations",
     "Annotations",
     "join_metadata",
+    "read_visium",
+    "spot_scalefactors",
+    "visium_image",
 ]

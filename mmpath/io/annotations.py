@@ -98,8 +98,12 @@ class Annotations:
         if not self.shapes:
             return (0.0, 0.0, 0.0, 0.0)
         b = np.array([g.bounds for _, g in self.shapes])
-        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
-                float(b[:, 3].max()))
+        return (
+            float(b[:, 0].min()),
+            float(b[:, 1].min()),
+            float(b[:, 2].max()),
+            float(b[:, 3].max()),
+        )
 
     def geometry(self, label: str):
         """The union of every shape with ``label`` (overlaps counted once)."""

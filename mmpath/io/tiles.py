@@ -7,7 +7,9 @@ opens its own slide handles lazily (openslide handles must not cross processes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import mmap
 import multiprocessing as mp
 import os
 import warnings
@@ -119,9 +121,11 @@ class TileReader:
             raise SlideError(f"slide {slide.slide_id!r} is not in this table (slides: {ids})")
         self._given = slide
         self.slide_ids = np.asarray(adata.obs[K.SLIDE_ID].astype(str)) if ids else np.array([])
-        self.xy = np.stack(
-            [adata.obs[K.X].to_numpy(np.int64), adata.obs[K.Y].to_numpy(np.int64)], axis=1
-        ) if ids else np.zeros((0, 2), np.int64)
+        self.xy = (
+            np.stack([adata.obs[K.X].to_numpy(np.int64), adata.obs[K.Y].to_numpy(np.int64)], axis=1)
+            if ids
+            else np.zeros((0, 2), np.int64)
+        )
         self.names = np.asarray(adata.obs_names)
         self._pid = None
         self._open: dict[str, Slide] = {}
@@ -151,10 +155,15 @@ class TileReader:
 
     def read(self, i: int) -> np.ndarray:
         """Tile ``i`` as ``(size, size, 3)`` uint8; raises TileReadError on a damaged region."""
+        img = self._read_view(i)
+        return img if img.flags.writeable else img.copy()
+
+    def _read_view(self, i: int) -> np.ndarray:
+        # May be read-only: batch readers copy into their output anyway, so skip a copy.
         sid = self.slide_ids[i]
         spec = self.specs[sid]
         x, y = self.xy[i]
-        img = self._slide(sid).read_region((int(x), int(y)), spec.level, (spec.read_size,) * 2)
+        img = self._slide(sid)._read_view((int(x), int(y)), spec.level, (spec.read_size,) * 2)
         if spec.read_size != spec.size:
             img = np.asarray(
                 Image.fromarray(img).resize((spec.size, spec.size), Image.Resampling.BILINEAR)
@@ -163,8 +172,11 @@ class TileReader:
 
     def read_or_blank(self, i: int) -> tuple[np.ndarray, bool]:
         """Tile ``i`` and True, or a white tile and False when the region is damaged."""
+        return self._guarded(self.read, i)
+
+    def _guarded(self, read: Callable[[int], np.ndarray], i: int) -> tuple[np.ndarray, bool]:
         try:
-            return self.read(i), True
+            return read(i), True
         except TileReadError as err:
             log.warning("%s: %s", self.names[i], err)
             return np.full((self.size, self.size, 3), 255, np.uint8), False
@@ -217,9 +229,9 @@ def read_tiles(
     failed = []
     for i in range(len(reader)):
         if on_error == "raise":
-            out[i] = reader.read(i)
+            out[i] = reader._read_view(i)
         else:
-            out[i], ok = reader.read_or_blank(i)
+            out[i], ok = reader._guarded(reader._read_view, i)
             if not ok:
                 failed.append(str(reader.names[i]))
     _warn_failed(failed)
@@ -261,11 +273,24 @@ class TileDataset:
 
 
 _WORKER_READER: TileReader | None = None
+_WORKER_SLOTS: np.ndarray | None = None
 
 
-def _init_worker(reader: TileReader) -> None:
-    global _WORKER_READER
+def _init_worker(reader: TileReader, slots: np.ndarray | None = None) -> None:
+    global _WORKER_READER, _WORKER_SLOTS
     _WORKER_READER = reader
+    _WORKER_SLOTS = slots
+
+
+def _fill(out: np.ndarray, start: int, stop: int) -> list[int]:
+    reader = _WORKER_READER
+    assert reader is not None
+    failed = []
+    for j, i in enumerate(range(start, stop)):
+        out[j], ok = reader._guarded(reader._read_view, i)
+        if not ok:
+            failed.append(i)
+    return failed
 
 
 def _read_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[int]]:
@@ -273,12 +298,48 @@ def _read_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[int]]:
     assert reader is not None
     start, stop = bounds
     out = np.empty((stop - start, reader.size, reader.size, 3), np.uint8)
-    failed = []
-    for j, i in enumerate(range(start, stop)):
-        out[j], ok = reader.read_or_blank(i)
-        if not ok:
-            failed.append(i)
-    return start, out, failed
+    return start, out, _fill(out, start, stop)
+
+
+def _read_chunk_shared(task: tuple[int, int, int]) -> tuple[int, int, int, list[int]]:
+    """Read tiles ``start:stop`` straight into shared slot ``slot`` (no pickled pixels)."""
+    slot, start, stop = task
+    assert _WORKER_SLOTS is not None
+    return slot, start, stop, _fill(_WORKER_SLOTS[slot], start, stop)
+
+
+def _iter_shared(
+    ctx, reader: TileReader, bounds: list, num_workers: int, batch_size: int, failed: list[int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Workers write batches into an anonymous shared mapping inherited through fork.
+
+    Sending each batch back through the pool's pipe pickles it twice (worker and parent),
+    which cost about a fifth of a tile read and kept two workers well under 2x; here only
+    the parent's final copy remains.
+    """
+    n_slots = 2 * num_workers
+    shape = (n_slots, batch_size, reader.size, reader.size, 3)
+    shm = mmap.mmap(-1, int(np.prod(shape)))
+    slots = np.frombuffer(shm, np.uint8).reshape(shape)
+    try:
+        with ctx.Pool(num_workers, initializer=_init_worker, initargs=(reader, slots)) as pool:
+            todo = iter(bounds)
+            pending = deque()
+            for slot, b in zip(range(n_slots), todo, strict=False):
+                pending.append(pool.apply_async(_read_chunk_shared, ((slot, *b),)))
+            while pending:
+                slot, start, stop, bad = pending.popleft().get()
+                batch = slots[slot, : stop - start].copy()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.apply_async(_read_chunk_shared, ((slot, *nxt),)))
+                failed += bad
+                yield np.arange(start, stop), batch
+    finally:
+        del slots
+        # BufferError: a view is still referenced somewhere; GC frees the mapping then.
+        with contextlib.suppress(BufferError):
+            shm.close()
 
 
 def iter_tiles(
@@ -324,9 +385,13 @@ def iter_tiles(
             start, batch, bad = _read_chunk(b)
             failed += bad
             yield np.arange(start, start + len(batch)), batch
+    elif "fork" in mp.get_all_start_methods():
+        # fork shares the already-built reader and the shared slots; handles reopen per
+        # process (see TileReader).
+        ctx = mp.get_context("fork")
+        yield from _iter_shared(ctx, reader, bounds, num_workers, batch_size, failed)
     else:
-        # fork shares the already-built reader; handles reopen per process (see TileReader).
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = mp.get_context("spawn")
         with ctx.Pool(num_workers, initializer=_init_worker, initargs=(reader,)) as pool:
             todo = iter(bounds)
             pending = deque(
@@ -340,4 +405,3 @@ def iter_tiles(
                 failed += bad
                 yield np.arange(start, start + len(batch)), batch
     _warn_failed([str(reader.names[i]) for i in failed])
-

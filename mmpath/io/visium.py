@@ -36,8 +36,13 @@ __all__ = ["read_visium", "spot_scalefactors", "visium_image"]
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
 _POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet")
-_POSITION_COLUMNS = ["in_tissue", "array_row", "array_col", "pxl_row_in_fullres",
-                     "pxl_col_in_fullres"]
+_POSITION_COLUMNS = [
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
 
 
 def read_visium(
@@ -85,6 +90,7 @@ def read_visium(
         st = _read_folder(path, count_file)
     st.var_names_make_unique()
     _validate(st, library_id, str(path))
+    st.obsm[K.SPATIAL] = np.asarray(st.obsm[K.SPATIAL], dtype=np.float64)
     return st
 
 
@@ -153,8 +159,9 @@ def _read_folder_direct(path: Path, count_file: str):
             from PIL import Image
 
             images[res] = np.asarray(Image.open(png).convert("RGB"))
-    st.uns["spatial"] = {path.name or "visium": {"scalefactors": scalef, "images": images,
-                                                 "metadata": {}}}
+    st.uns["spatial"] = {
+        path.name or "visium": {"scalefactors": scalef, "images": images, "metadata": {}}
+    }
     return st
 
 

@@ -169,6 +169,7 @@ def create_encoder(
     if name.startswith("local-dir:"):
         from mmpath.models.local_dir import load_encoder
 
+        _check_no_weights(weights)
         return _finish(load_encoder(name[len("local-dir:") :], device=device), device)
     if name.startswith("hf-hub:"):
         from mmpath.models.encoders.hub import create_from_folder
@@ -196,11 +197,16 @@ def create_encoder(
             f"encoder {entry.name!r} needs the optional package {meta.requires!r}, which is not "
             f"installed: {meta.install or f'pip install {meta.requires}'}"
         )
+    location = None
+    if not meta_only and pretrained and (meta.weights is not None or weights is not None):
+        # resolve before building: a missing giant model fails in milliseconds
+        location = resolve_weights(entry.name, meta.weights, weights)
     with _build_device(device):
         enc = entry.factory(**kwargs)
-    enc.info = replace(meta.info, data=enc.info.data, weights="")
-    if not meta_only and pretrained and (meta.weights is not None or weights is not None):
-        location = resolve_weights(entry.name, meta.weights, weights)
+    enc.info = replace(
+        meta.info, embed_dim=enc.info.embed_dim, proj_dim=enc.info.proj_dim, data=enc.info.data
+    )
+    if location is not None:
         sha = meta.weights.sha256 if meta.weights is not None and weights is None else None
         _load_weights(enc, location, sha)
     return _finish(enc, device)
@@ -260,8 +266,10 @@ def list_encoders(pattern: str = "*"):
         entry = encoders.get(name)
         meta: EntryMeta = entry.meta
         info = meta.info
-        found = "random" if meta.weights is None else (
-            "found" if _weights_found(name, meta) else "missing"
+        found = (
+            "random"
+            if meta.weights is None
+            else ("found" if _weights_found(name, meta) else "missing")
         )
         rows.append(
             {
@@ -270,8 +278,8 @@ def list_encoders(pattern: str = "*"):
                 "kind": info.kind,
                 "dim": info.embed_dim,
                 "proj_dim": info.proj_dim,
-                "input_size": info.data.input_size,
-                "mpp": info.data.mpp,
+                "input_size": info.data.input_size if info.has_image else None,
+                "mpp": info.data.mpp if info.has_image else None,
                 "pooling": info.pooling,
                 "license": info.license,
                 "source": info.source,
@@ -280,7 +288,11 @@ def list_encoders(pattern: str = "*"):
                 "verified": info.verified,
             }
         )
-    return pd.DataFrame(rows, columns=None if rows else ["name"])
+    df = pd.DataFrame(rows, columns=None if rows else ["name"])
+    for col in ("proj_dim", "input_size"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
 
 
 def _check_no_weights(weights: Any) -> None:

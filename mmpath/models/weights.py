@@ -154,7 +154,9 @@ def resolve_weights(
         path = Path(str(explicit).removeprefix("local-dir:")).expanduser()
         if path.exists():
             return path
-        raise WeightsError(f"weights {str(explicit)!r} do not exist; pass an existing file or folder")
+        raise WeightsError(
+            f"weights {str(explicit)!r} do not exist; pass an existing file or folder"
+        )
     looked: list[str] = []
     home = weights_dir(name)
     if home.is_dir() and any(home.iterdir()):

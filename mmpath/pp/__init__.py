@@ -7,7 +7,8 @@ Example
 """
 
 from mmpath.pp.annotate import annotate_tiles
+from mmpath.pp.spots import spot_tiles
 from mmpath.pp.tiling import plan_read, tile
 from mmpath.pp.tissue import TissueMask, detect_tissue
 
-__all__ = ["detect_tissue", "TissueMask", "tile", "plan_read", "annotate_tiles"]
+__all__ = ["detect_tissue", "TissueMask", "tile", "plan_read", "annotate_tiles", "spot_tiles"]

@@ -121,6 +121,9 @@ def annotate_tiles(
         "min_overlap": float(min_overlap),
     }
     log.info(
-        "%s: %d of %d tiles labelled from %d polygons", key_added, int((codes >= 0).sum()), n,
+        "%s: %d of %d tiles labelled from %d polygons",
+        key_added,
+        int((codes >= 0).sum()),
+        n,
         len(annotations),
     )

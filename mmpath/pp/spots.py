@@ -119,8 +119,9 @@ def spot_tiles(
     size0 = plan["size0"]
     centres = np.asarray(st.obsm[K.SPATIAL], np.float64) * k
     W, H = slide.dimensions
-    outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (
-        centres[:, 1] >= H)
+    outside = (
+        (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (centres[:, 1] >= H)
+    )
     if outside.any():
         i = int(np.argmax(outside))
         raise SlideError(

@@ -51,7 +51,7 @@ class Preprocess:
         import torch
         from torchvision.transforms.v2 import functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        x = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
         if self.resize_to is not None:
             x = F.resize(
                 x,
@@ -77,7 +77,9 @@ def _interp(name: str):
         return InterpolationMode.BICUBIC
 
 
-def plan_preprocess(tile_size: int, tile_mpp: float | None, data, *, slide_id: str = "") -> Preprocess:
+def plan_preprocess(
+    tile_size: int, tile_mpp: float | None, data, *, slide_id: str = ""
+) -> Preprocess:
     """The :class:`Preprocess` taking ``tile_size`` px tiles at ``tile_mpp`` to ``data``.
 
     ``data`` is the encoder's ``DataConfig``.
@@ -98,7 +100,13 @@ def plan_preprocess(tile_size: int, tile_mpp: float | None, data, *, slide_id: s
                 "slide %r: a %d px tile at %.3g µm/px covers %d px at the encoder's %.3g µm/px, "
                 "less than its %d px input; tiles are upsampled (magnification off by %.2fx). "
                 "Tile with a larger size to avoid this.",
-                slide_id, tile_size, tile_mpp, scaled, enc_mpp, target, target / scaled,
+                slide_id,
+                tile_size,
+                tile_mpp,
+                scaled,
+                enc_mpp,
+                target,
+                target / scaled,
             )
     elif tile_size != target:
         resize_to = target
@@ -116,8 +124,9 @@ def slide_preprocess(tiles, slide_id: str, data) -> Preprocess:
     """The preprocessing of one slide's tiles, from the table's tiling provenance."""
     t = _prov.tiling(tiles, slide_id)
     eff = t.get("mpp_effective")
-    return plan_preprocess(int(t["size"]), None if eff is None else float(eff), data,
-                           slide_id=slide_id)
+    return plan_preprocess(
+        int(t["size"]), None if eff is None else float(eff), data, slide_id=slide_id
+    )
 
 
 class EmbedDataset:
@@ -128,8 +137,9 @@ class EmbedDataset:
     processes.
     """
 
-    def __init__(self, tiles, transform: Preprocess, *, slide: Slide | None = None,
-                 remap: Remap = None) -> None:
+    def __init__(
+        self, tiles, transform: Preprocess, *, slide: Slide | None = None, remap: Remap = None
+    ) -> None:
         self.reader = TileReader(tiles, slide=slide, remap=remap)
         self.transform = transform
 
@@ -153,8 +163,9 @@ def worker_init(worker_id: int) -> None:
         reader._given = open_slide(given.path, mpp=mpp, slide_id=given.slide_id)
 
 
-def make_loader(dataset: EmbedDataset, batches: list[list[int]], *, num_workers: int,
-                pin_memory: bool = False):
+def make_loader(
+    dataset: EmbedDataset, batches: list[list[int]], *, num_workers: int, pin_memory: bool = False
+):
     """A DataLoader yielding the given batches in order, reading ahead in workers."""
     import torch
 

@@ -103,6 +103,11 @@ def cv_groups(
     >>> g.kind
     'group'
     """
+    return _cv_groups(adata, n_splits, groups, spatial_block, blocks_per_fold)
+
+
+def _cv_groups(adata, n_splits, groups, spatial_block, blocks_per_fold=3) -> CVGroups:
+    """:func:`cv_groups`; its warning points two frames up (the caller of the public API)."""
     if n_splits < 2:
         raise DataError(f"cross-validation needs n_splits >= 2, got {n_splits}")
     n = adata.n_obs
@@ -130,15 +135,13 @@ def cv_groups(
     labels = _spatial_blocks(_coords(adata), values, n_splits * max(int(blocks_per_fold), 1))
     n_blocks = len(pd.unique(labels))
     if n_blocks < n_splits:
-        raise DataError(
-            f"only {n_blocks} spatial block(s) for {n_splits} folds; use fewer folds"
-        )
+        raise DataError(f"only {n_blocks} spatial block(s) for {n_splits} folds; use fewer folds")
     warnings.warn(
         f"only {n_groups} distinct {groups!r} value(s) for {n_splits} folds: using "
         f"spatial-block folds inside slides ({n_blocks} blocks); neighbouring tiles across "
         "block borders are correlated, so scores are optimistic. Add slides for honest scores.",
         UserWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
     return CVGroups(labels, "spatial-block")
 
@@ -180,7 +183,7 @@ def group_kfold(
     >>> for train, test in group_kfold(tiles, 5):
     ...     model.fit(X[train], y[train])
     """
-    g = cv_groups(adata, n_splits, groups=groups, spatial_block=spatial_block)
+    g = _cv_groups(adata, n_splits, groups, spatial_block)
     return folds_from_groups(g, n_splits, y=y, seed=seed)
 
 

@@ -21,19 +21,18 @@ METHODS = ("mean", "max", "median")
 
 def default_rep(adata) -> str:
     """The table's embedding when it holds exactly one (``use_rep=None``)."""
-    keys = [k for k in _prov.plain(_prov.root(adata).get(K.UNS_EMBEDDINGS, {}))
-            if k in adata.obsm]
+    keys = [k for k in _prov.plain(_prov.root(adata).get(K.UNS_EMBEDDINGS, {})) if k in adata.obsm]
     if len(keys) != 1:
         found = ", ".join(keys) if keys else "none"
         raise DataError(
             f"pass use_rep= to choose an embedding (found: {found}); run mm.tl.embed first"
-            if not keys else f"the table holds several embeddings ({found}); pass use_rep="
+            if not keys
+            else f"the table holds several embeddings ({found}); pass use_rep="
         )
     return keys[0]
 
 
-def aggregate(adata, *, use_rep: str | None = None, method: str = "mean",
-              only_ok: bool = True):
+def aggregate(adata, *, use_rep: str | None = None, method: str = "mean", only_ok: bool = True):
     """Pool tile embeddings into one row per slide (a slide table).
 
     Parameters

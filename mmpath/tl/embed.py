@@ -107,6 +107,23 @@ def _weights_id(model, weights: str | None) -> str | None:
     return model.info.weights or None
 
 
+def _param_digest(model) -> str:
+    """A cheap fingerprint of the weights (a strided sample of every tensor), so a checkpoint
+    made with other weights (e.g. another random init) is never mixed in."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)].to("cpu", torch.float64)
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
@@ -151,8 +168,9 @@ def _iter_chunks(
         return
     batches = [bt for a, b in todo for bt in D.batches_of(a, b, batch_size)]
     dataset = D.EmbedDataset(tiles, prep, slide=slide, remap=remap)
-    loader = D.make_loader(dataset, batches, num_workers=num_workers,
-                           pin_memory=device.type == "cuda")
+    loader = D.make_loader(
+        dataset, batches, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     pending = iter(todo)
     cur = next(pending)
     buf: dict[str, Any] = {}
@@ -187,9 +205,11 @@ def _iter_chunks(
 
     cuda = device.type == "cuda"
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
-                       else torch.float16)
-        if cuda else contextlib.nullcontext()
+        torch.autocast(
+            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        )
+        if cuda
+        else contextlib.nullcontext()
     )
     with torch.inference_mode(), autocast:
         for x, idx, ok in loader:
@@ -243,8 +263,14 @@ def embed_slide(
     proj = None
     ok = np.ones(n, bool)
     for a, b, f, p, o in _iter_chunks(
-        tiles, model, slide=slide, batch_size=batch_size, num_workers=num_workers, device=dev,
-        remap=remap, chunk_size=D.round_chunk(max(n, 1), batch_size),
+        tiles,
+        model,
+        slide=slide,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=dev,
+        remap=remap,
+        chunk_size=D.round_chunk(max(n, 1), batch_size),
     ):
         feats[a:b] = f
         if p is not None:
@@ -354,11 +380,20 @@ def embed(
 
     store = None
     if checkpoint is not None:
-        store = ChunkStore(checkpoint, {
-            "key": key, "encoder": info.name, "weights": weights_id, "n_obs": adata.n_obs,
-            "rows": rows_digest(adata.obs_names), "batch_size": batch_size,
-            "chunk_size": chunk, "data": asdict(info.data),
-        })
+        store = ChunkStore(
+            checkpoint,
+            {
+                "key": key,
+                "encoder": info.name,
+                "weights": weights_id,
+                "n_obs": adata.n_obs,
+                "rows": rows_digest(adata.obs_names),
+                "batch_size": batch_size,
+                "chunk_size": chunk,
+                "data": asdict(info.data),
+                "params": _param_digest(model),
+            },
+        )
 
     n = adata.n_obs
     feats = np.zeros((n, info.embed_dim), np.float32)
@@ -369,8 +404,10 @@ def embed(
 
     def put(rows, f, p, o):
         if f.shape[1] != feats.shape[1]:
-            raise ModelError(f"encoder {info.name!r} returned {f.shape[1]}-d features but "
-                             f"declares embed_dim={info.embed_dim}")
+            raise ModelError(
+                f"encoder {info.name!r} returned {f.shape[1]}-d features but "
+                f"declares embed_dim={info.embed_dim}"
+            )
         feats[rows] = f
         if p is not None and proj is not None:
             proj[rows] = p
@@ -390,8 +427,15 @@ def embed(
                     loaded.add((a, b))
             n_loaded += sum(b - a for a, b in loaded)
         for a, b, f, p, o in _iter_chunks(
-            sub, model, slide=slide, batch_size=batch_size, num_workers=workers, device=dev,
-            remap=remap, chunk_size=chunk, skip=lambda a, b, done=loaded: (a, b) in done,
+            sub,
+            model,
+            slide=slide,
+            batch_size=batch_size,
+            num_workers=workers,
+            device=dev,
+            remap=remap,
+            chunk_size=chunk,
+            skip=lambda a, b, done=loaded: (a, b) in done,
         ):
             put(rows[a:b], f, p, o)
             if store is not None:
@@ -408,23 +452,26 @@ def embed(
     prev = adata.obs[K.TILE_OK].to_numpy(bool) if K.TILE_OK in adata.obs else np.ones(n, bool)
     adata.obs[K.TILE_OK] = prev & ok
     if (~ok).any():
-        log.warning("%d tile(s) could not be read; obs[%r] marks them False", (~ok).sum(),
-                    K.TILE_OK)
+        log.warning(
+            "%d tile(s) could not be read; obs[%r] marks them False", (~ok).sum(), K.TILE_OK
+        )
     root = _prov.root(adata)
     embeddings = dict(_prov.plain(root.get(K.UNS_EMBEDDINGS, {})))
-    embeddings[key] = _jsonable({
-        "encoder": info.name,
-        "slug": info.slug,
-        "kind": info.kind,
-        "weights": weights_id,
-        "data": asdict(info.data),
-        "embed_dim": int(feats.shape[1]),
-        "proj_dim": None if proj is None else int(proj.shape[1]),
-        "proj_key": proj_key,
-        "preprocess": preprocess,
-        "n_failed": int((~ok).sum()),
-        "mmpath_version": __version__,
-    })
+    embeddings[key] = _jsonable(
+        {
+            "encoder": info.name,
+            "slug": info.slug,
+            "kind": info.kind,
+            "weights": weights_id,
+            "data": asdict(info.data),
+            "embed_dim": int(feats.shape[1]),
+            "proj_dim": None if proj is None else int(proj.shape[1]),
+            "proj_key": proj_key,
+            "preprocess": preprocess,
+            "n_failed": int((~ok).sum()),
+            "mmpath_version": __version__,
+        }
+    )
     root[K.UNS_EMBEDDINGS] = embeddings
 
 

@@ -148,7 +148,7 @@ def linear_probe(
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-    from mmpath.tl._splits import cv_groups, folds_from_groups
+    from mmpath.tl._splits import _cv_groups, folds_from_groups
 
     if method not in METHODS:
         raise DataError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
@@ -168,7 +168,7 @@ def linear_probe(
     if len(classes) < 2:
         raise DataError(f"obs[{label!r}] has {len(classes)} class(es); a probe needs at least 2")
 
-    cv = cv_groups(sub, n_splits, groups=groups, spatial_block=spatial_block)
+    cv = _cv_groups(sub, n_splits, groups, spatial_block)
     folds = folds_from_groups(cv, n_splits, y=y, seed=seed)
     rows: list[dict[str, Any]] = []
     cms = []
@@ -202,13 +202,24 @@ def linear_probe(
         "classes": names,
         "cv": cv.kind,
         "params": {
-            "label": label, "use_rep": use_rep, "method": method, "n_splits": n_splits,
-            "groups": groups, "spatial_block": spatial_block, "C": C,
-            "n_neighbors": n_neighbors, "seed": seed, "n_obs": int(len(y)),
+            "label": label,
+            "use_rep": use_rep,
+            "method": method,
+            "n_splits": n_splits,
+            "groups": groups,
+            "spatial_block": spatial_block,
+            "C": C,
+            "n_neighbors": n_neighbors,
+            "seed": seed,
+            "n_obs": int(len(y)),
         },
     }
     log.info(
         "%s probe of %r on %s: balanced accuracy %.3f (%s folds)",
-        method, label, use_rep, df.loc["mean", "balanced_accuracy"], cv.kind,
+        method,
+        label,
+        use_rep,
+        df.loc["mean", "balanced_accuracy"],
+        cv.kind,
     )
     return df

@@ -29,8 +29,9 @@ from mmpath.errors import DataError
 __all__ = ["confusion_counts", "dice_jaccard", "anomaly_metrics", "check_labels"]
 
 
-def check_labels(mask: np.ndarray, num_classes: int, *, ignore_index: int | None = None,
-                 what: str = "mask") -> np.ndarray:
+def check_labels(
+    mask: np.ndarray, num_classes: int, *, ignore_index: int | None = None, what: str = "mask"
+) -> np.ndarray:
     """Return ``mask`` as an integer array; raise DataError on values outside the class set."""
     arr = np.asarray(mask)
     if arr.dtype == bool:
@@ -66,7 +67,7 @@ def confusion_counts(
     if len(preds) != len(targets):
         raise DataError(f"{len(preds)} predictions but {len(targets)} targets")
     cm = np.zeros((num_classes, num_classes), np.int64)
-    for i, (p, t) in enumerate(zip(preds, targets)):
+    for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
         p, t = np.asarray(p), np.asarray(t)
         if p.shape != t.shape:
             raise DataError(
@@ -128,15 +129,22 @@ def dice_jaccard(
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names for {num_classes} classes")
     df = pd.DataFrame(
-        {"dice": dice, "jaccard": jac, "tp": tp.astype(np.int64), "fp": fp.astype(np.int64),
-         "fn": fn.astype(np.int64)},
+        {
+            "dice": dice,
+            "jaccard": jac,
+            "tp": tp.astype(np.int64),
+            "fp": fp.astype(np.int64),
+            "fn": fn.astype(np.int64),
+        },
         index=pd.Index(names, name="class"),
     )
     use = ~empty if ignore_empty else np.ones(num_classes, bool)
     mean = {
         "dice": float(dice[use].mean()) if use.any() else 1.0,
         "jaccard": float(jac[use].mean()) if use.any() else 1.0,
-        "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum()),
+        "tp": int(tp.sum()),
+        "fp": int(fp.sum()),
+        "fn": int(fn.sum()),
     }
     df.loc["mean"] = mean
     return df

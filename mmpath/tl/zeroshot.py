@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["zero_shot", "DEFAULT_TEMPLATES", "class_embeddings"]
 
-# CONCH's zero-shot prompt templates (Lu et al., Nature Medicine 2024, and its repository's
-# prompt set), which also read well for PLIP/QuiltNet-style captions. "{}" is the class name.
+# Pathology prompt templates modelled on CONCH's zero-shot prompt set (Lu et al., Nature
+# Medicine 2024), which also read well for PLIP/QuiltNet-style captions. "{}" is the class name.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "{}.",
     "an image of {}.",
@@ -75,8 +75,7 @@ def _class_prompts(classes: Sequence[str] | Mapping[str, Sequence[str] | str]) -
     """``{class: [names...]}`` from a list of names or a mapping of class -> synonyms."""
     if isinstance(classes, str):
         raise DataError(
-            f"classes must be a list of names, not the string {classes!r}; "
-            'e.g. ["tumor", "stroma"]'
+            f'classes must be a list of names, not the string {classes!r}; e.g. ["tumor", "stroma"]'
         )
     if isinstance(classes, Mapping):
         out = {}
@@ -118,7 +117,7 @@ def _check_templates(templates: Sequence[str] | None) -> list[str]:
 
 def _column_keys(key_added: str, classes: Sequence[str]) -> list[str]:
     keys = [K.class_key(key_added, c) for c in classes]
-    for c, k in zip(classes, keys):
+    for c, k in zip(classes, keys, strict=True):
         if k == f"{key_added}_":
             raise DataError(f"class name {c!r} has no letters or digits to name a column after")
     dup = {k for k in keys if keys.count(k) > 1}
@@ -144,8 +143,8 @@ def _text_encoder(encoder: Any, weights: str | None = None, device: str | None =
 
 
 def _normalise(a: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(a, axis=-1, keepdims=True)
-    return a / np.where(norm > 0, norm, 1.0)
+    norm = np.sqrt(np.einsum("ij,ij->i", a, a))[:, None]
+    return a / np.where(norm > 0, norm, 1).astype(a.dtype)
 
 
 def class_embeddings(
@@ -211,14 +210,22 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _top_k_pool(logits: np.ndarray, slides: np.ndarray, order: list[str], k: int) -> np.ndarray:
-    """Per slide and class, the mean of the ``k`` largest tile logits (MI-Zero)."""
-    pooled = np.empty((len(order), logits.shape[1]))
-    for i, sid in enumerate(order):
-        rows = logits[slides == sid]
+def _top_k_pool(logits: np.ndarray, codes: np.ndarray, n_slides: int, k: int) -> np.ndarray:
+    """Per slide and class, the mean of the ``k`` largest tile logits (MI-Zero).
+
+    ``codes`` numbers each row's slide ``0..n_slides-1`` (other values are left out); a
+    slide without rows gets NaN.
+    """
+    pooled = np.full((n_slides, logits.shape[1]), np.nan)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_slides + 1))
+    for i in range(n_slides):
+        rows = logits[order[bounds[i] : bounds[i + 1]]]
+        if len(rows) == 0:  # every tile of the slide was damaged
+            continue
         kk = min(k, len(rows))
-        top = -np.sort(-rows, axis=0)[:kk]  # stable order -> deterministic mean
-        pooled[i] = top.mean(axis=0)
+        top = np.partition(rows, len(rows) - kk, axis=0)[len(rows) - kk :]
+        pooled[i] = np.sort(top, axis=0).mean(axis=0)  # sorted: the same sum order every run
     return pooled
 
 
@@ -250,7 +257,7 @@ def zero_shot(
         one made by :func:`mmpath.models.create_encoder`.
     templates
         Prompt templates with ``{}`` where the class name goes; default
-        :data:`DEFAULT_TEMPLATES` (CONCH's pathology set), ensembled per class.
+        :data:`DEFAULT_TEMPLATES` (CONCH-style pathology prompts), ensembled per class.
     use_rep
         obsm key of normalised joint-space image vectors; default ``X_<slug>_proj``, computed
         with :func:`mmpath.tl.embed` when missing.
@@ -278,7 +285,8 @@ def zero_shot(
 
     The tile table gains ``obs[key_added_<class>]`` (probabilities; class names lowercased,
     non-alphanumerics to ``_``), ``obs[key_added]`` (categorical argmax) and the run's
-    parameters in ``uns["mmpath"]["runs"][key_added]``.
+    parameters in ``uns["mmpath"]["runs"][key_added]``. Tiles marked damaged
+    (``obs["tile_ok"]`` False) get NaN and no label, and do not vote for their slide.
 
     Example
     -------
@@ -297,8 +305,12 @@ def zero_shot(
         raise DataError(f"logit_scale must be positive, got {logit_scale!r}")
     if adata.n_obs == 0:
         raise DataError("the tile table is empty; nothing to classify")
-    slides = np.asarray(adata.obs[K.SLIDE_ID].astype(str)) if K.SLIDE_ID in adata.obs else None
-    order = _prov.slide_ids(adata)  # raises a clear error without obs["slide_id"]
+    if K.SLIDE_ID not in adata.obs:
+        _prov.slide_ids(adata)  # raises the standard error for a table without slide ids
+    codes, uniques = pd.factorize(adata.obs[K.SLIDE_ID])  # slides in order of appearance
+    if (codes < 0).any():
+        raise DataError("obs['slide_id'] has missing values; every tile needs its slide id")
+    order = [str(u) for u in uniques]
 
     enc = _text_encoder(encoder, weights, device)
     slug = enc.info.slug or K.slugify(enc.info.name)
@@ -316,7 +328,7 @@ def zero_shot(
         embed(adata, enc, slide=slide, device=device)
         if rep not in adata.obsm:
             raise DataError(f"mm.tl.embed did not write obsm[{rep!r}]; pass use_rep=")
-    img = np.asarray(adata.obsm[rep], dtype=np.float64)
+    img = np.asarray(adata.obsm[rep], dtype=np.float32)  # float32: cosines need no more
     text = class_embeddings(prompts, enc, templates=tmpl).astype(np.float64)
     if img.ndim != 2 or img.shape[1] != text.shape[1]:
         raise DataError(
@@ -328,15 +340,22 @@ def zero_shot(
     scale, scale_source = (
         (float(logit_scale), "argument") if logit_scale is not None else _logit_scale(enc)
     )
-    logits = scale * (_normalise(img) @ text.T)
+    logits = scale * (_normalise(img) @ text.T.astype(np.float32)).astype(np.float64)
     proba = _softmax(logits)
+    # Tiles whose pixels could not be read were embedded as white fills: no score, no vote.
+    ok = adata.obs[K.TILE_OK].to_numpy(bool) if K.TILE_OK in adata.obs else None
+    label_codes = proba.argmax(axis=1)
+    if ok is not None and not ok.all():
+        proba[~ok] = np.nan
+        label_codes = np.where(ok, label_codes, -1)
+        log.warning("%d damaged tile(s) get no zero-shot score", int((~ok).sum()))
     runs = _prov.root(adata).setdefault(K.UNS_RUNS, {})
     if key_added in runs:  # a re-run replaces the previous run's columns, stale ones too
         old = _prov.plain(runs[key_added]).get("columns", [])
         adata.obs.drop(columns=[c for c in old if c in adata.obs], inplace=True)
     for j, col in enumerate(columns):
         adata.obs[col] = proba[:, j].astype(np.float32)
-    adata.obs[key_added] = pd.Categorical.from_codes(proba.argmax(axis=1), categories=names)
+    adata.obs[key_added] = pd.Categorical.from_codes(label_codes, categories=names)
 
     record = {
         "step": "zero_shot",
@@ -353,14 +372,18 @@ def zero_shot(
     }
     runs[key_added] = record
 
-    pooled = _top_k_pool(logits, slides, order, int(top_k))
-    slide_proba = _softmax(pooled)
-    n_tiles = [int((slides == s).sum()) for s in order]
+    pool_codes = codes if ok is None else np.where(ok, codes, len(order))  # drop damaged
+    pooled = _top_k_pool(logits, pool_codes, len(order), int(top_k))
+    n_tiles = np.bincount(pool_codes, minlength=len(order))[: len(order)]
+    slide_proba = np.full_like(pooled, np.nan)
+    has = n_tiles > 0
+    slide_proba[has] = _softmax(pooled[has])
+    slide_codes = np.where(has, np.nan_to_num(slide_proba, nan=-1.0).argmax(axis=1), -1)
     obs = pd.DataFrame(
         {
             K.SLIDE_ID: pd.Categorical(order, categories=order),
             K.N_TILES: np.asarray(n_tiles, dtype=np.int64),
-            key_added: pd.Categorical.from_codes(slide_proba.argmax(axis=1), categories=names),
+            key_added: pd.Categorical.from_codes(slide_codes, categories=names),
         },
         index=pd.Index(order, name=None),
     )
@@ -379,6 +402,11 @@ def zero_shot(
     }
     log.info(
         "zero-shot %s: %d tiles, %d slide(s), %d classes x %d templates (logit scale %.3g)",
-        enc.info.name, adata.n_obs, len(order), len(names), len(tmpl), scale,
+        enc.info.name,
+        adata.n_obs,
+        len(order),
+        len(names),
+        len(tmpl),
+        scale,
     )
     return table

@@ -42,8 +42,8 @@ class DistEnv:
 
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device(
-            "cpu"
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         )
     dev = torch.device(device)
     if dev.type == "cuda":

@@ -51,8 +51,10 @@ QUPATH = [
         cls="Necrosis",
     ),
     feature(
-        {"type": "MultiPolygon",
-         "coordinates": [[rect(0, 600, 100, 700)], [rect(900, 700, 1000, 740)]]},
+        {
+            "type": "MultiPolygon",
+            "coordinates": [[rect(0, 600, 100, 700)], [rect(900, 700, 1000, 740)]],
+        },
         cls="Fat",
     ),
     feature({"type": "Point", "coordinates": [10, 10]}, cls="Cell"),  # skipped: no area
@@ -97,8 +99,11 @@ def test_read_qupath_geojson_labels_and_geometry(qupath_file, slide):
 def test_read_geojson_list_of_features_and_derived_class(tmp_path):
     feats = [
         feature({"type": "Polygon", "coordinates": [rect(0, 0, 10, 10)]}),
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [rect(0, 0, 5, 5)]},
-         "properties": {"classification": {"names": ["Tumor", "Positive"]}}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [rect(0, 0, 5, 5)]},
+            "properties": {"classification": {"names": ["Tumor", "Positive"]}},
+        },
     ]
     ann = mm.io.read_annotations(write_geojson(tmp_path / "a.json", feats, collection=False))
     assert ann.labels == [mm.io.annotations.UNLABELLED, "Tumor: Positive"]
@@ -106,8 +111,9 @@ def test_read_geojson_list_of_features_and_derived_class(tmp_path):
 
 def test_self_intersecting_polygon_is_repaired(tmp_path):
     bowtie = [[0, 0], [100, 100], [100, 0], [0, 100], [0, 0]]
-    path = write_geojson(tmp_path / "a.geojson",
-                         [feature({"type": "Polygon", "coordinates": [bowtie]}, cls="T")])
+    path = write_geojson(
+        tmp_path / "a.geojson", [feature({"type": "Polygon", "coordinates": [bowtie]}, cls="T")]
+    )
     ann = mm.io.read_annotations(path)
     assert ann[0][1].is_valid
     assert ann.area("T") == pytest.approx(5000.0)  # two triangles of 2500 px²
@@ -172,8 +178,9 @@ def test_annotate_tiles_by_overlap(qupath_file, slide, tiles):
 
 
 def test_annotate_tiles_largest_overlap_wins(slide, tiles):
-    ann = mm.io.Annotations([("A", box(0, 0, 30, 100)), ("B", box(30, 0, 100, 100)),
-                             ("A", box(0, 0, 20, 100))])  # overlapping A counts once
+    ann = mm.io.Annotations(
+        [("A", box(0, 0, 30, 100)), ("B", box(30, 0, 100, 100)), ("A", box(0, 0, 20, 100))]
+    )  # overlapping A counts once
     mm.pp.annotate_tiles(tiles, ann, min_overlap=0.1, fractions=True)
     assert label_at(tiles, 0, 0) == "B"
     first = tiles.obs.iloc[0]
@@ -193,8 +200,10 @@ def test_annotate_tiles_matches_brute_force(slide):
     size0 = 64
     for label in ann.labels:
         geom = ann.geometry(label)
-        expected = [geom.intersection(box(x, y, x + size0, y + size0)).area / size0**2
-                    for x, y in zip(tiles.obs[K.X], tiles.obs[K.Y])]
+        expected = [
+            geom.intersection(box(x, y, x + size0, y + size0)).area / size0**2
+            for x, y in zip(tiles.obs[K.X], tiles.obs[K.Y], strict=True)
+        ]
         got = tiles.obs[f"annotation_frac_{label}"].to_numpy()
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -219,8 +228,9 @@ def test_annotate_tiles_on_synthetic_pyramid(synthetic_slide, synthetic_spec):
 
 def test_annotate_tiles_cohort_and_h5ad_roundtrip(slide, tmp_path):
     other = mm.io.ArraySlide(np.full((H, W, 3), 255, np.uint8), mpp=0.5, slide_id="s2")
-    cohort = mm.io.concat([mm.pp.tile(slide, T, min_tissue=0.0),
-                           mm.pp.tile(other, T, min_tissue=0.0)])
+    cohort = mm.io.concat(
+        [mm.pp.tile(slide, T, min_tissue=0.0), mm.pp.tile(other, T, min_tissue=0.0)]
+    )
     ann = mm.io.Annotations([("Tumor", box(0, 0, 300, 200))], source="a.geojson")
     with pytest.raises(DataError, match="slide_id="):
         mm.pp.annotate_tiles(cohort, ann)
@@ -301,8 +311,9 @@ def test_unparsable_json_and_xml(tmp_path):
 
 
 def test_no_polygons(tmp_path):
-    path = write_geojson(tmp_path / "points.geojson",
-                         [feature({"type": "Point", "coordinates": [1, 2]}, cls="Cell")])
+    path = write_geojson(
+        tmp_path / "points.geojson", [feature({"type": "Point", "coordinates": [1, 2]}, cls="Cell")]
+    )
     with pytest.raises(AnnotationError, match="no polygons"):
         mm.io.read_annotations(path)
     empty = tmp_path / "empty.xml"
@@ -312,17 +323,23 @@ def test_no_polygons(tmp_path):
 
 
 def test_polygons_outside_the_slide(tmp_path, slide):
-    far = write_geojson(tmp_path / "far.geojson", [
-        feature({"type": "Polygon", "coordinates": [rect(5000, 5000, 6000, 6000)]}, cls="T")])
+    far = write_geojson(
+        tmp_path / "far.geojson",
+        [feature({"type": "Polygon", "coordinates": [rect(5000, 5000, 6000, 6000)]}, cls="T")],
+    )
     with pytest.raises(AnnotationError, match="another slide"):
         mm.io.read_annotations(far, slide=slide)
     mm.io.read_annotations(far)  # without a slide there is nothing to check against
-    over = write_geojson(tmp_path / "over.geojson", [
-        feature({"type": "Polygon", "coordinates": [rect(900, 700, 1100, 800)]}, cls="T")])
+    over = write_geojson(
+        tmp_path / "over.geojson",
+        [feature({"type": "Polygon", "coordinates": [rect(900, 700, 1100, 800)]}, cls="T")],
+    )
     with pytest.raises(AnnotationError, match="1100"):
         mm.io.read_annotations(over, slide=slide)
-    edge = write_geojson(tmp_path / "edge.geojson", [
-        feature({"type": "Polygon", "coordinates": [rect(900, 700, 1004, 805)]}, cls="T")])
+    edge = write_geojson(
+        tmp_path / "edge.geojson",
+        [feature({"type": "Polygon", "coordinates": [rect(900, 700, 1004, 805)]}, cls="T")],
+    )
     assert len(mm.io.read_annotations(edge, slide=slide)) == 1  # a drawing overhang is fine
 
 

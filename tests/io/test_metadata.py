@@ -62,8 +62,9 @@ def test_join_selected_columns_roundtrip(cohort, tmp_path):
 def test_missing_key_column(cohort, tmp_path):
     with pytest.raises(DataError, match="no 'slide_id' column"):
         mm.io.join_metadata(cohort, META.rename(columns={"slide_id": "case"}))
-    mm.io.join_metadata(cohort.copy(), META.rename(columns={"slide_id": "case"}).assign(
-        slide_id=META["slide_id"]), columns=["case"])
+    cohort.obs["case"] = cohort.obs[K.SLIDE_ID].astype(str)
+    mm.io.join_metadata(cohort, META.rename(columns={"slide_id": "case"}), on="case")
+    assert cohort.obs["diagnosis"].astype(str).tolist() == ["normal"] * 4 + ["tumor"] * 9
     with pytest.raises(DataError, match="no column"):
         mm.io.join_metadata(cohort, META, columns=["grade"])
 

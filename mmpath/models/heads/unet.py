@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,34 @@ def _find_blocks(encoder: nn.Module) -> nn.ModuleList | None:
     return None
 
 
+def _dry_run(
+    encoder: nn.Module, cfg: UNetConfig, size: int
+) -> tuple[list[torch.Tensor], UNetConfig]:
+    """Feature maps of a zero image; an int ``indices`` larger than the depth is reduced."""
+    was_training = encoder.training
+    encoder.eval()
+    x = torch.zeros(1, 3, size, size)
+    n = cfg.indices
+    try:
+        with torch.no_grad():
+            while True:
+                try:
+                    return encoder.forward_intermediates(x, n), replace(cfg, indices=n)
+                except (AssertionError, IndexError, ValueError, RuntimeError):
+                    if not isinstance(n, int) or n <= 1:
+                        raise
+                    n -= 1  # a shallower encoder than the default asks for: use every block
+    except ModelError:
+        raise
+    except Exception as err:
+        raise ModelError(
+            f"the encoder's forward_intermediates failed on a {size}px input "
+            f"(indices={cfg.indices!r}): {err}"
+        ) from None
+    finally:
+        encoder.train(was_training)
+
+
 class UNetHead(nn.Module):
     """U-Net decoder over a backbone's ``forward_intermediates``.
 
@@ -163,11 +191,8 @@ class UNetHead(nn.Module):
         self.encoder = encoder
         info = getattr(encoder, "info", None)
         size = int(input_size or (info.data.input_size if info is not None else 224))
-        with torch.no_grad():
-            was_training = encoder.training
-            encoder.eval()
-            feats = encoder.forward_intermediates(torch.zeros(1, 3, size, size), cfg.indices)
-            encoder.train(was_training)
+        feats, cfg = _dry_run(encoder, cfg, size)
+        self.config = cfg
         if not feats:
             raise ModelError("the encoder returned no intermediate feature maps")
         strides = []
@@ -188,7 +213,9 @@ class UNetHead(nn.Module):
         if len(feats) - 1 > self._n_skips:
             log.info(
                 "U-Net: %d feature maps but %d skip levels; the shallowest %d are unused",
-                len(feats), self._n_skips, len(feats) - 1 - self._n_skips,
+                len(feats),
+                self._n_skips,
+                len(feats) - 1 - self._n_skips,
             )
         self.bottleneck = _Adapter(feats[-1].shape[1], chans[0], strides[-1], s_max)
         self.skips = nn.ModuleList()

@@ -132,7 +132,9 @@ class VAEHead(nn.Module):
             backbone.eval()
             dim = backbone.info.embed_dim
             self.conv_encoder = None
-            self.to_stats = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 2 * cfg.latent_dim))
+            self.to_stats = nn.Sequential(
+                nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 2 * cfg.latent_dim)
+            )
         else:
             self.backbone = None
             layers, cin = [], 3

@@ -1,0 +1,99 @@
+"""``mmpath list`` and ``mmpath weights install``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from mmpath.cli._common import summary
+from mmpath.errors import ModelError, WeightsError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["name", "kind", "dim", "proj_dim", "input_size", "mpp", "license", "weights", "verified"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="list registered encoders (or heads)")
+    p.add_argument("what", nargs="?", default="encoders", choices=["encoders", "heads"])
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter (*)")
+    p.add_argument("--sources", action="store_true", help="also show source and aliases")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("weights", help="manage model weights available offline")
+    wsub = p.add_subparsers(dest="weights_command", metavar="<action>", required=True)
+    q = wsub.add_parser(
+        "install", help="copy a downloaded model folder to $MMPATH_HOME/weights/<name>/"
+    )
+    q.add_argument("name", help="registry name (uni, plip...) or an org/name hub id")
+    q.add_argument("folder", help="the downloaded model folder (or a single weights file)")
+    q.add_argument("--force", action="store_true", help="replace an installed copy")
+    q.set_defaults(func=cmd_weights_install)
+
+
+def cmd_list(args) -> int:
+    if args.what == "heads":
+        from mmpath.models import heads
+
+        names = heads.list(args.pattern)
+        for name in names:
+            print(name)
+        summary(args, f"{len(names)} heads")
+        return 0
+    from mmpath.models import list_encoders
+
+    df = list_encoders(args.pattern)
+    if df.empty:
+        summary(args, f"no encoder matches {args.pattern!r}")
+        return 0
+    cols = COLUMNS + (["aliases", "source"] if args.sources else [])
+    view = df[cols].copy()
+    view["verified"] = view["verified"].map({True: "yes", False: "never"})
+    view.loc[df["weights"] == "random", "verified"] = "n/a"  # test models: random by design
+    view.loc[~df["available"], "weights"] = "unavailable"
+    print(view.astype(object).where(view.notna(), "-").to_string(index=False))
+    real = df[df["weights"] != "random"]
+    never = list(real.loc[~real["verified"].astype(bool), "name"])
+    if (~df["available"]).any():
+        from mmpath.models.registry import encoders
+
+        for name in df.loc[~df["available"], "name"]:
+            meta = encoders.get(name).meta
+            print(f"{name}: unavailable, needs {meta.install or meta.requires}")
+    if never:
+        print(f"never run on their real weights: {', '.join(never)}")
+    summary(args, f"{len(df)} encoders; weights: mmpath weights install <name> <folder>")
+    return 0
+
+
+def cmd_weights_install(args) -> int:
+    from mmpath.io._atomic import atomic_path
+    from mmpath.models.registry import encoders
+    from mmpath.models.weights import weights_dir
+
+    src = Path(args.folder).expanduser()
+    if not src.exists():
+        raise WeightsError(f"{src} does not exist; pass the folder you downloaded")
+    name = args.name
+    if "/" in name:  # a hub id: use the alias when one is registered, else org--name
+        from mmpath.models.registry import _alias_for_hub
+
+        name = _alias_for_hub(name) or name.replace("/", "--")
+    else:
+        try:
+            name = encoders.get(name).name
+        except ModelError:
+            log.warning("%r is not a registry name; installing under that name anyway", name)
+    target = weights_dir(name)
+    if target.exists() and any(target.iterdir()) and not args.force:
+        raise WeightsError(f"{target} already exists; pass --force to replace it")
+    with atomic_path(target) as tmp:
+        if src.is_dir():
+            shutil.copytree(src, tmp, symlinks=False)
+        else:
+            tmp.mkdir(parents=True)
+            shutil.copy2(src, tmp / src.name)
+    n_files = sum(1 for p in target.rglob("*") if p.is_file())
+    summary(args, f"installed {n_files} files for {name!r} in {target}")
+    return 0

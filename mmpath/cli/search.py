@@ -1,0 +1,270 @@
+"""``mmpath index build|add|remove|info`` and ``mmpath search``: argument plumbing over
+:mod:`mmpath.index`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mmpath.cli._common import progress, summary
+from mmpath.errors import ConfigError, IndexError_
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="build and maintain a search index over tile tables")
+    isub = p.add_subparsers(dest="index_command", metavar="<build|add|remove|info>")
+    isub.required = True
+
+    b = isub.add_parser("build", help="index the tiles of embedded tile tables")
+    b.add_argument("tables", nargs="+", help="embedded tile tables (.h5ad)")
+    b.add_argument(
+        "--use-rep",
+        required=True,
+        help="obsm key to index (X_<slug>; X_<slug>_proj for text search)",
+    )
+    b.add_argument("-o", "--out", required=True, help="index directory to write")
+    b.add_argument("--factory", default=None, help="faiss factory string (default: chosen by size)")
+    b.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="query-time default: nprobe=32, efSearch=128, k_factor=8 (repeatable)",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    b.set_defaults(func=cmd_build)
+
+    a = isub.add_parser("add", help="add tile tables to an index")
+    a.add_argument("index", help="index directory")
+    a.add_argument("tables", nargs="+", help="embedded tile tables (.h5ad)")
+    a.set_defaults(func=cmd_add)
+
+    r = isub.add_parser("remove", help="remove slides from an index")
+    r.add_argument("index", help="index directory")
+    r.add_argument("slides", nargs="+", help="slide ids")
+    r.set_defaults(func=cmd_remove)
+
+    i = isub.add_parser("info", help="print an index's manifest")
+    i.add_argument("index", help="index directory")
+    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    i.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("search", help="search an index by image, text or tiles")
+    s.add_argument("index", help="index directory")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", nargs="+", help="query image file(s)")
+    q.add_argument("--text", nargs="+", help="query text(s)")
+    q.add_argument("--tiles", help="a tile table (.h5ad) whose rows are the queries")
+    s.add_argument(
+        "--rows",
+        default=None,
+        help="with --tiles: rows to use, as START:STOP or comma-separated names",
+    )
+    s.add_argument("-k", type=int, default=10, help="hits per query (slides with --slide-level)")
+    s.add_argument(
+        "--slide-level",
+        action="store_true",
+        help="rank slides by majority vote of tile hits (the queries form one slide)",
+    )
+    s.add_argument("--where", default=None, help="metadata filter, e.g. \"organ == 'colon'\"")
+    s.add_argument("--encoder", default=None, help="encoder for images/text (default: index's)")
+    s.add_argument("--weights", default=None, help="weights for --encoder")
+    s.add_argument("--mpp", type=float, default=None, help="µm/px of --image queries")
+    s.add_argument(
+        "--drop-neighbours",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="drop hits within PX (level 0) of a --tiles query on its slide",
+    )
+    s.add_argument(
+        "--min-distance",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="drop hits within PX of a better hit on the same slide",
+    )
+    s.add_argument(
+        "--mosaic",
+        type=int,
+        default=None,
+        help="with --slide-level: summarise the query by this many tiles",
+    )
+    s.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="query-time parameter for this search (nprobe, efSearch, k_factor)",
+    )
+    s.add_argument("-o", "--out", default=None, help="write hits to .csv or .parquet")
+    s.add_argument("--json", action="store_true", help="print hits as JSON records")
+    s.set_defaults(func=cmd_search)
+
+
+def parse_params(items: list[str]) -> dict:
+    """``["nprobe=32", ...]`` -> ``{"nprobe": 32}`` (numbers parsed)."""
+    out: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"--param {name} needs a number, got {value!r}") from None
+    return out
+
+
+def _read_tables(paths, args):
+    from mmpath import io
+
+    return [io.read_h5ad(p) for p in progress(paths, args, desc="reading", unit="table")]
+
+
+def cmd_build(args) -> int:
+    from mmpath import index
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise IndexError_(f"{str(out)!r} exists; pass --overwrite to replace it")
+    tables = _read_tables(args.tables, args)
+    idx = index.build(
+        tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None
+    )
+    idx.save(out)
+    summary(
+        args,
+        f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r} -> {out}",
+    )
+    return 0
+
+
+def cmd_add(args) -> int:
+    from mmpath import index
+
+    idx = index.load(args.index)
+    n = sum(idx.add(t) for t in _read_tables(args.tables, args))
+    idx.save(args.index)
+    summary(
+        args, f"added {n} tiles; the index holds {len(idx)} tiles of {len(idx.slide_ids)} slide(s)"
+    )
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from mmpath import index
+
+    idx = index.load(args.index)
+    n = idx.remove(args.slides)
+    idx.save(args.index)
+    summary(
+        args, f"removed {n} tiles of {len(args.slides)} slide(s); the index holds {len(idx)} tiles"
+    )
+    return 0
+
+
+def cmd_info(args) -> int:
+    from mmpath import index
+
+    m = index.read_manifest(args.index)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    for key in (
+        "encoder",
+        "embedding_key",
+        "dim",
+        "normalisation",
+        "factory",
+        "params",
+        "n_vectors",
+        "n_slides",
+        "mmpath_version",
+        "faiss_version",
+    ):
+        print(f"{key:15s} {m.get(key)}")
+    return 0
+
+
+def _select_rows(table, rows: str | None):
+    if rows is None:
+        return table
+    if ":" in rows:
+        a, _, b = rows.partition(":")
+        return table[int(a or 0) : int(b) if b else None]
+    names = [r.strip() for r in rows.split(",") if r.strip()]
+    missing = [r for r in names if r not in table.obs_names]
+    if missing:
+        raise ConfigError(f"--rows: {missing[:3]} are not rows of the table")
+    return table[names]
+
+
+def cmd_search(args) -> int:
+    from mmpath import index, io
+
+    idx = index.load(args.index)
+    encoder = args.encoder
+    if encoder is not None and args.weights is not None:
+        from mmpath.tl.embed import resolve_encoder
+
+        encoder = resolve_encoder(encoder, weights=args.weights)
+    params = parse_params(args.param) or None
+    if args.tiles:
+        query = _select_rows(io.read_h5ad(args.tiles), args.rows)
+    else:
+        query = args.image
+    if args.slide_level:
+        if args.text:
+            raise ConfigError("--slide-level needs --image or --tiles queries, not --text")
+        hits = idx.search_slides(
+            query, args.k, mosaic=args.mosaic, encoder=encoder, where=args.where, params=params
+        )
+    elif args.text:
+        hits = idx.search_text(
+            args.text,
+            args.k,
+            encoder=encoder,
+            where=args.where,
+            min_distance=args.min_distance,
+            params=params,
+        )
+    else:
+        hits = idx.search_image(
+            query,
+            args.k,
+            encoder=encoder,
+            mpp=args.mpp,
+            where=args.where,
+            drop_neighbours=args.drop_neighbours,
+            min_distance=args.min_distance,
+            params=params,
+        )
+    if args.out:
+        _write_hits(hits, Path(args.out))
+    if args.json:
+        print(hits.to_json(orient="records"))
+    elif not args.out:
+        print(hits.to_string(index=False, max_colwidth=40))
+    what = "slide(s)" if args.slide_level else "hit(s)"
+    if not args.json:
+        summary(args, f"{len(hits)} {what}" + (f" -> {args.out}" if args.out else ""))
+    return 0
+
+
+def _write_hits(hits, path: Path) -> None:
+    from mmpath.io._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            hits.to_parquet(tmp)
+        elif path.suffix in (".csv", ".tsv"):
+            hits.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",")
+        else:
+            raise ConfigError(f"--out must end in .csv, .tsv or .parquet, got {path.name!r}")

@@ -1,0 +1,189 @@
+"""Queries to vectors: images (files, arrays, tile rows) through the image tower, texts through
+the text tower. Torch is imported only when something must be embedded.
+
+Images are preprocessed exactly as ``tl.embed`` preprocesses tiles (the encoder's
+``DataConfig``: magnification, input size, mean/std); a non-square image is centre-cropped
+to a square first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmpath import _keys as K
+from mmpath.errors import DataError, IndexError_, ModelError
+from mmpath.index import _tables as T
+
+log = logging.getLogger(__name__)
+
+
+def resolve_encoder(idx, encoder):
+    """The Encoder for queries: the one given (name or instance) or the index's, by name."""
+    from mmpath.tl.embed import resolve_encoder as _resolve
+
+    if encoder is None:
+        if not idx.encoder:
+            raise IndexError_(
+                "the index does not record its encoder; pass encoder= (the model that "
+                f"embedded {idx.embedding_key})"
+            )
+        encoder = idx.encoder
+    enc = _resolve(encoder)
+    idx.check_encoder(enc.info.name)
+    return enc
+
+
+def _is_proj(idx) -> bool:
+    return idx.embedding_key.endswith(K.PROJ_SUFFIX)
+
+
+def text_vectors(idx, texts: Sequence[str], *, encoder=None) -> tuple[np.ndarray, str]:
+    """Normalised joint-space vectors of ``texts`` and the encoder's name."""
+    if not _is_proj(idx):
+        raise IndexError_(
+            f"the index holds {idx.embedding_key} (image features), not a joint image-text "
+            f"space; for text search build it with use_rep='{idx.embedding_key}{K.PROJ_SUFFIX}'"
+        )
+    if not texts:
+        raise IndexError_("no query text given")
+    enc = resolve_encoder(idx, encoder)
+    if not enc.info.has_text:
+        raise ModelError(f"encoder {enc.info.name!r} has no text tower")
+    return T.prepare(embed_texts(texts, enc), idx.dim), enc.info.name
+
+
+def embed_texts(texts: Sequence[str], enc) -> np.ndarray:
+    """Text-tower embeddings (the one place that calls the text tower; easy to swap)."""
+    from mmpath.tl import embed_text
+
+    return embed_text(list(texts), enc)
+
+
+def image_vectors(
+    idx, images, *, encoder=None, mpp: float | None = None, batch_size: int = 64
+) -> tuple[np.ndarray, pd.DataFrame | None, str | None]:
+    """Normalised vectors of image queries, where tile queries lie, and the encoder's name."""
+    if hasattr(images, "obsm"):
+        return _table_vectors(idx, images, encoder)
+    arrays = _load_images(images)
+    if not arrays:
+        raise IndexError_("no query image given")
+    enc = resolve_encoder(idx, encoder)
+    x = encode_images(arrays, enc, proj=_is_proj(idx), mpp=mpp, batch_size=batch_size)
+    return T.prepare(x, idx.dim), None, enc.info.name
+
+
+def _table_vectors(idx, table, encoder):
+    key = idx.embedding_key
+    where = None
+    if K.SLIDE_ID in table.obs and K.X in table.obs and K.Y in table.obs:
+        where = table.obs[[K.SLIDE_ID, K.X, K.Y]].reset_index(drop=True)
+    if table.n_obs == 0:
+        raise IndexError_("the query table has no rows")
+    if key in table.obsm:
+        name = T.embedding_record(table, key).get("encoder")
+        return T.prepare(table.obsm[key], idx.dim), where, name
+    from mmpath.tl import embed
+
+    enc = resolve_encoder(idx, encoder)
+    base = key[: -len(K.PROJ_SUFFIX)] if _is_proj(idx) else key
+    copy = table.copy()
+    embed(copy, enc, key_added=base, num_workers=0)
+    if key not in copy.obsm:
+        raise ModelError(f"encoder {enc.info.name!r} does not produce {key} (no joint space)")
+    return T.prepare(copy.obsm[key], idx.dim), where, enc.info.name
+
+
+def _load_images(images) -> list[np.ndarray]:
+    """Query images as uint8 ``(H, W, 3)`` arrays."""
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = [images]
+        elif images.ndim != 4:
+            raise DataError(f"an image array must be (H, W, 3) or (n, H, W, 3), got {images.shape}")
+    out = []
+    for im in images:
+        if isinstance(im, (str, os.PathLike)):
+            out.append(_read_file(Path(im)))
+        elif _is_pil(im):
+            out.append(np.asarray(im.convert("RGB")))
+        else:
+            out.append(_as_rgb(np.asarray(im)))
+    return out
+
+
+def _is_pil(obj) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, Image.Image)
+
+
+def _read_file(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DataError(f"query image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot read query image {str(path)!r} ({err})") from None
+
+
+def _as_rgb(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise DataError(f"a query image must be (H, W, 3), got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = a.astype(np.float32)
+        if np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return a
+
+
+def _square(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return np.ascontiguousarray(a[top : top + s, left : left + s])
+
+
+def encode_images(
+    arrays: list[np.ndarray], enc, *, proj: bool, mpp: float | None = None, batch_size: int = 64
+) -> np.ndarray:
+    """Embed uint8 images with ``enc``'s image tower (``proj``: the joint space)."""
+    import torch
+
+    from mmpath.tl._embed_data import plan_preprocess
+
+    if not enc.info.has_image:
+        raise ModelError(f"encoder {enc.info.name!r} has no image tower")
+    enc.eval()
+    param = next(iter(enc.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(arrays), batch_size):
+            batch = []
+            for a in arrays[s : s + batch_size]:
+                a = _square(a)
+                batch.append(plan_preprocess(a.shape[0], mpp, enc.info.data)(a))
+            emb = enc.encode_image(torch.stack(batch).to(device))
+            vec = emb.proj if proj else emb.features
+            if vec is None:
+                raise ModelError(f"encoder {enc.info.name!r} has no joint image-text space")
+            out.append(vec.float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,185 @@
+"""The on-disk index: a directory with three parts, written atomically.
+
+``index.faiss``
+    The faiss index (``faiss.write_index``, which writes in place: so it goes into a
+    temporary directory that replaces the old one only when everything is written).
+``metadata.parquet``
+    One row per tile, indexed by tile id.
+``manifest.json``
+    Encoder, embedding key, dim, normalisation, factory, query defaults, counts, slide
+    provenance, mmpath/faiss versions and the sha256 of the other two files. Written last.
+
+Loading checks the manifest against the files (format, checksums, counts, dim), so a damaged
+or mismatched index is refused with a clear error instead of answering wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mmpath import _keys as K
+from mmpath._version import __version__
+from mmpath.errors import IndexError_
+from mmpath.index import _faiss as F
+from mmpath.index import _tables as T
+from mmpath.io._atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mmpath-tile-index"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+META_FILE = "metadata.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_index(index, path: Path) -> None:
+    """``faiss.write_index`` (a seam the tests patch to simulate a crash mid-write)."""
+    F.faiss().write_index(index, str(path))
+
+
+def save(idx, path: str | os.PathLike[str]) -> Path:
+    """Write ``idx`` to the directory ``path`` atomically; returns the path."""
+    path = Path(path)
+    if path.exists() and not (path / MANIFEST_FILE).is_file() and any(path.iterdir()):
+        raise IndexError_(f"{str(path)!r} exists and is not an mmpath index; pick a new directory")
+    with atomic_path(path) as tmp:
+        tmp.mkdir(parents=True)
+        write_index(idx.index, tmp / INDEX_FILE)
+        idx.metadata.to_parquet(tmp / META_FILE)
+        manifest = dict(idx.manifest)
+        manifest.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n_vectors": int(idx.index.ntotal),
+                "n_slides": len(idx.slide_ids),
+                "mmpath_version": __version__,
+                "faiss_version": F.faiss().__version__,
+                "files": {
+                    name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                    for name in (INDEX_FILE, META_FILE)
+                },
+            }
+        )
+        (tmp / MANIFEST_FILE).write_text(
+            json.dumps(manifest, indent=2, default=str), encoding="utf-8"
+        )
+    log.info("saved index (%d tiles) to %s", idx.index.ntotal, path)
+    return path
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a saved index, with clear errors for a missing or foreign directory."""
+    path = Path(path)
+    mpath = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise IndexError_(f"no index at {str(path)!r} (expected a directory made by idx.save)")
+    if not mpath.is_file():
+        raise IndexError_(f"{str(path)!r} has no {MANIFEST_FILE}; it is not an mmpath index")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise IndexError_(f"the manifest of {str(path)!r} is unreadable ({err})") from None
+    if manifest.get("format") != FORMAT:
+        raise IndexError_(f"{str(path)!r} is not an mmpath tile index")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise IndexError_(
+            f"{str(path)!r} was written by a newer mmpath ({manifest.get('mmpath_version')}); "
+            "upgrade mmpath to read it"
+        )
+    return manifest
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    encoder: str | None = None,
+    embedding_key: str | None = None,
+    dim: int | None = None,
+    mmap: bool = False,
+    verify: bool = True,
+    gpu: bool | None = None,
+):
+    """Load a saved index, checking its files against the manifest.
+
+    Parameters
+    ----------
+    path
+        The directory written by :meth:`TileIndex.save`.
+    encoder, embedding_key, dim
+        What the caller expects; a different value in the manifest is refused.
+    mmap
+        Memory-map the faiss index instead of reading it into RAM (for indexes larger
+        than memory; flat-code and IVF indexes support it).
+    verify
+        Check the sha256 of the files (reads them once more).
+    gpu
+        As in :func:`mmpath.index.build`.
+
+    Returns
+    -------
+    A :class:`~mmpath.index.TileIndex`.
+
+    Example
+    -------
+    >>> idx = mm.index.load("archive.idx", encoder="conch")
+    """
+    from mmpath.index.tileindex import TileIndex
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    expected = {"encoder": encoder, "embedding_key": embedding_key, "dim": dim}
+    for key, want in expected.items():
+        have = manifest.get(key)
+        if want is None:
+            continue
+        same = K.slugify(str(want)) == K.slugify(str(have)) if key == "encoder" else want == have
+        if not same:
+            raise IndexError_(
+                f"the index at {str(path)!r} holds {key} {have!r}, not {want!r}; query it with "
+                f"{have!r} or build an index for {want!r}"
+            )
+    for name, rec in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise IndexError_(f"the index at {str(path)!r} is missing {name}; restore or rebuild")
+        if f.stat().st_size != int(rec["bytes"]) or (verify and sha256(f) != rec["sha256"]):
+            raise IndexError_(
+                f"{name} in {str(path)!r} does not match its manifest checksum (damaged or "
+                "edited); restore it or rebuild the index"
+            )
+    fa = F.faiss()
+    flags = fa.IO_FLAG_MMAP | fa.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        index = fa.read_index(str(path / INDEX_FILE), flags)
+    except RuntimeError as err:
+        raise IndexError_(f"faiss cannot read {path / INDEX_FILE} ({F._first_line(err)})") from None
+    meta = pd.read_parquet(path / META_FILE)
+    meta.index = meta.index.astype("int64")
+    meta.index.name = T.TILE_ID
+    n = int(manifest.get("n_vectors", -1))
+    if index.ntotal != n or len(meta) != n or index.d != int(manifest["dim"]):
+        raise IndexError_(
+            f"the index at {str(path)!r} is inconsistent (faiss {index.ntotal} vectors of dim "
+            f"{index.d}, metadata {len(meta)} rows, manifest {n} of dim {manifest['dim']}); "
+            "rebuild it"
+        )
+    for key in ("format", "format_version", "files", "n_vectors", "n_slides", "faiss_version"):
+        manifest.pop(key, None)
+    return TileIndex(index, meta, manifest, gpu=gpu)

@@ -1,0 +1,14 @@
+"""Encoder families and registry entries; importing this package registers them."""
+
+from __future__ import annotations
+
+from mmpath.models.encoders import (  # noqa: F401
+    clip_open,
+    conch,
+    hf,
+    pair,
+    pathology,
+    text,
+    timm_tower,
+    tiny,
+)

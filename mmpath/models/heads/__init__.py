@@ -1,0 +1,111 @@
+"""Task heads on the shared backbone: a U-Net segmentation decoder and a VAE anomaly head.
+
+Both are registered in :data:`mmpath.models.registry.heads`:
+
+* ``heads.create("unet", encoder="tiny_vit", num_classes=2, finetune="frozen")``
+* ``heads.create("vae", image_size=64, latent_dim=32)`` (light conv encoder), or
+  ``heads.create("vae", encoder="backbone", backbone="tiny_vit")`` (shared backbone features)
+
+``mmpath.models.heads`` names both this subpackage and the registry (``mmpath.models`` exports
+the registry under that name, and importing a submodule rebinds the parent's attribute). So
+that either binding works, this module also behaves as the registry: ``create``, ``get``,
+``list``, ``table``, ``register``, ``in`` and iteration are forwarded to it.
+
+Example
+-------
+>>> from mmpath.models.registry import heads
+>>> unet = heads.create("unet", encoder="tiny_vit", num_classes=3)
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any
+
+from mmpath.models.heads._folder import TrainedHead, load_trained_head, save_trained_head
+from mmpath.models.heads.losses import DiceCELoss, SegLoss, soft_dice
+from mmpath.models.heads.unet import UNetConfig, UNetHead
+from mmpath.models.heads.vae import (
+    AnomalyScores,
+    VAEConfig,
+    VAEHead,
+    VAELoss,
+    VAEOutput,
+    reparameterize,
+)
+from mmpath.models.registry import heads
+
+__all__ = [
+    "UNetConfig",
+    "UNetHead",
+    "VAEConfig",
+    "VAEHead",
+    "VAEOutput",
+    "VAELoss",
+    "AnomalyScores",
+    "reparameterize",
+    "DiceCELoss",
+    "SegLoss",
+    "soft_dice",
+    "TrainedHead",
+    "save_trained_head",
+    "load_trained_head",
+    "HeadInfo",
+]
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What a head registry entry is (listed without building it)."""
+
+    task: str
+    description: str
+    needs_encoder: bool
+
+
+def _encoder(encoder: Any) -> Any:
+    from mmpath.models.registry import create_encoder
+
+    return create_encoder(encoder) if isinstance(encoder, str) else encoder
+
+
+@heads.register(
+    "unet",
+    meta=HeadInfo("seg", "U-Net / UNETR decoder over forward_intermediates", True),
+    aliases=("unetr",),
+)
+def unet(*, encoder: Any = "tiny_vit", input_size: int | None = None, **config: Any) -> UNetHead:
+    """A U-Net head on ``encoder`` (a name or an Encoder); ``config`` = UNetConfig fields."""
+    return UNetHead(_encoder(encoder), UNetConfig(**config), input_size=input_size)
+
+
+@heads.register(
+    "vae", meta=HeadInfo("anomaly", "convolutional VAE (conv or backbone encoder)", False)
+)
+def vae(*, backbone: Any = None, **config: Any) -> VAEHead:
+    """A VAE head; ``encoder="backbone"`` reads ``backbone`` (a name or an Encoder)."""
+    bb = _encoder(backbone) if backbone is not None else None
+    return VAEHead(VAEConfig(**config), backbone=bb)
+
+
+class _HeadsModule(types.ModuleType):
+    """This subpackage, standing in for the ``heads`` registry when it shadows it."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(heads, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in heads
+
+    def __iter__(self):
+        return iter(heads)
+
+    def __len__(self) -> int:
+        return len(heads)
+
+
+sys.modules[__name__].__class__ = _HeadsModule

@@ -1,0 +1,216 @@
+"""Model folders of trained heads: ``head.yaml`` + ``model.safetensors``.
+
+``mmpath train seg|anomaly`` writes ``<run>/model/`` with:
+
+* ``head.yaml``: ``kind`` (``"seg"`` or ``"anomaly"``), ``head`` (registry name), the head's
+  config, class names, the tile geometry (``tile_size``, ``mpp``, ``mean``, ``std``) and, when
+  the head sits on the shared backbone, how to rebuild the encoder (``encoder.export``: a
+  family name + plain keyword arguments);
+* ``model.safetensors``: the whole head's state dict (backbone included).
+
+:func:`load_trained_head` accepts the run folder or the model folder, and refuses a folder of
+the wrong kind with a message that says what it holds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from mmpath.errors import ModelError, WeightsError
+from mmpath.io._atomic import atomic_write_text
+
+__all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE", "KINDS"]
+
+HEAD_FILE = "head.yaml"
+WEIGHTS_FILE = "model.safetensors"
+KINDS = {"seg": "a segmentation (U-Net)", "anomaly": "an anomaly (VAE)"}
+_TRAIN_HINT = {"seg": "mmpath train seg", "anomaly": "mmpath train anomaly"}
+
+
+@dataclass
+class TrainedHead:
+    """A head ready for inference, with what is needed to feed it.
+
+    Attributes
+    ----------
+    kind
+        ``"seg"`` or ``"anomaly"``.
+    model
+        The ``nn.Module`` (a :class:`UNetHead`, :class:`VAEHead`, or any module with
+        ``predict_proba`` / ``anomaly``).
+    class_names
+        Segmentation classes (index = label value).
+    tile_size
+        Tile side the model runs on.
+    mpp
+        µm/px it was trained at (``None``: native resolution).
+    mean, std
+        Input normalisation (segmentation); the VAE takes ``[0, 1]`` images.
+    """
+
+    kind: str
+    model: nn.Module
+    class_names: tuple[str, ...] = ()
+    tile_size: int = 64
+    mpp: float | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    name: str = ""
+    path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _head_name(model: nn.Module) -> str:
+    from mmpath.models.heads.unet import UNetHead
+    from mmpath.models.heads.vae import VAEHead
+
+    if isinstance(model, UNetHead):
+        return "unet"
+    if isinstance(model, VAEHead):
+        return "vae"
+    raise ModelError(f"cannot save a {type(model).__name__}: only U-Net and VAE heads save")
+
+
+def save_trained_head(head: TrainedHead, folder: str | os.PathLike[str]) -> Path:
+    """Write ``head.yaml`` and ``model.safetensors`` into ``folder`` (created).
+
+    Example
+    -------
+    >>> save_trained_head(TrainedHead("seg", unet, ("bg", "tumour"), 64), "runs/seg1/model")
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = head.model
+    name = _head_name(model)
+    encoder_spec = None
+    backbone = (
+        getattr(model, "encoder", None) if name == "unet" else getattr(model, "backbone", None)
+    )
+    if backbone is not None:
+        try:
+            encoder_spec = backbone.export(folder, "encoder")
+        except (ModelError, AttributeError) as err:
+            raise ModelError(
+                f"cannot save the head: its encoder cannot be rebuilt ({err})"
+            ) from None
+    meta = {
+        "kind": head.kind,
+        "head": name,
+        "config": _plain(asdict(model.config)),
+        "class_names": list(head.class_names),
+        "tile_size": int(head.tile_size),
+        "mpp": head.mpp,
+        "mean": list(head.mean),
+        "std": list(head.std),
+        "encoder": encoder_spec,
+        "extra": _plain(head.extra),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    atomic_write_text(folder / HEAD_FILE, yaml.safe_dump(meta, sort_keys=False))
+    return folder
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _find_folder(path: Path, kind: str) -> Path:
+    if not path.exists():
+        raise ModelError(f"model folder {str(path)!r} does not exist")
+    for cand in (path, path / "model"):
+        if (cand / HEAD_FILE).is_file():
+            return cand
+    what = "nothing mmpath can load"
+    for cand in (path, path / "model"):
+        if (cand / "config.yaml").is_file() or (cand / "encoder.yaml").is_file():
+            what = "an encoder (no head)"
+            break
+    raise ModelError(
+        f"{str(path)!r} is not {KINDS[kind]} model folder (it holds {what}); pass the "
+        f"folder written by `{_TRAIN_HINT[kind]}` (its run folder or <run>/model)"
+    )
+
+
+def load_trained_head(
+    path: str | os.PathLike[str], *, kind: str, device: str | torch.device = "cpu"
+) -> TrainedHead:
+    """Load a head trained by ``mmpath train seg|anomaly`` (run folder or model folder).
+
+    Raises :class:`~mmpath.errors.ModelError` when the folder holds another kind of model.
+
+    Example
+    -------
+    >>> head = load_trained_head("runs/seg1", kind="seg")
+    """
+    from safetensors.torch import load_file
+
+    from mmpath.models.heads.unet import UNetConfig, UNetHead
+    from mmpath.models.heads.vae import VAEConfig, VAEHead
+
+    if kind not in KINDS:
+        raise ModelError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    folder = _find_folder(Path(path), kind)
+    meta = yaml.safe_load((folder / HEAD_FILE).read_text(encoding="utf-8")) or {}
+    found = meta.get("kind")
+    if found != kind:
+        held = KINDS.get(found, repr(found))
+        raise ModelError(
+            f"{str(path)!r} holds {held} model, not {KINDS[kind]} model; pass a folder "
+            f"written by `{_TRAIN_HINT[kind]}`"
+        )
+    encoder = None
+    if meta.get("encoder"):
+        from mmpath.models.registry import families
+
+        spec = meta["encoder"]
+        kwargs = {
+            k: (str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v)
+            for k, v in spec["kwargs"].items()
+        }
+        encoder = families.create(spec["family"], **kwargs)
+    cfg = meta.get("config") or {}
+    if meta.get("head") == "unet":
+        if "indices" in cfg and isinstance(cfg["indices"], list):
+            cfg["indices"] = tuple(cfg["indices"])
+        model = UNetHead(encoder, UNetConfig(**cfg), input_size=int(meta["tile_size"]))
+    elif meta.get("head") == "vae":
+        model = VAEHead(VAEConfig(**cfg), backbone=encoder)
+    else:
+        raise ModelError(f"{str(folder)!r}: unknown head {meta.get('head')!r}")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise WeightsError(f"{str(folder)!r} has no {WEIGHTS_FILE}; the run did not finish")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{str(weights)!r} does not match the head ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[:3]})"
+        )
+    model.eval().to(device)
+    return TrainedHead(
+        kind=kind,
+        model=model,
+        class_names=tuple(meta.get("class_names") or ()),
+        tile_size=int(meta["tile_size"]),
+        mpp=meta.get("mpp"),
+        mean=tuple(meta.get("mean") or (0.0, 0.0, 0.0)),
+        std=tuple(meta.get("std") or (1.0, 1.0, 1.0)),
+        name=folder.parent.name if folder.name == "model" else folder.name,
+        path=str(folder),
+        extra=meta.get("extra") or {},
+    )

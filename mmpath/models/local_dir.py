@@ -1,0 +1,163 @@
+"""Our own model folder (``local-dir:``): ``config.yaml`` + ``model.safetensors``.
+
+``config.yaml`` says how to rebuild the module without any network or original folder:
+
+.. code-block:: yaml
+
+    format: mmpath-encoder
+    version: 1
+    family: pair                # a builder in mmpath.models.registry.families
+    kwargs:                     # plain values; "./x" strings are paths inside this folder
+      image: {family: timm, kwargs: {arch: vit_tiny_patch16_224, embed_dim: 64, ...}}
+      text: {family: hf_text, kwargs: {path: ./text}}   # transformers config + tokenizer
+      proj_dim: 128
+    info: {name: ..., kind: image-text, embed_dim: 64, data: {...}, ...}
+    sha256: <of model.safetensors>
+
+Loading builds the family with random weights, then loads ``model.safetensors`` strictly
+(the encoder's own ``state_dict``: towers, projections, ``logit_scale``). Saving is atomic:
+a crash leaves no folder at the final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mmpath._version import __version__
+from mmpath.config import from_dict, to_dict
+from mmpath.errors import ConfigError, WeightsError
+from mmpath.io._atomic import atomic_path
+from mmpath.models.base import Encoder, EncoderInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["save_encoder", "load_encoder", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.yaml"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "mmpath-encoder"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_encoder(
+    encoder: Encoder, folder: str | os.PathLike[str], *, name: str | None = None
+) -> Path:
+    """Write ``encoder`` as a self-contained model folder, atomically.
+
+    Parameters
+    ----------
+    encoder
+        Any encoder built by the registry (including trained pairs and LiT models).
+    folder
+        Target folder; replaced as a whole if it exists.
+    name
+        Registry-style name stored in ``info`` (sets the ``X_<slug>`` key of embeddings);
+        defaults to the encoder's current name.
+
+    Returns
+    -------
+    The folder path; load it with ``create_encoder(f"local-dir:{folder}")``.
+
+    Example
+    -------
+    >>> enc = create_encoder("tiny_clip")  # doctest: +SKIP
+    >>> save_encoder(enc, "runs/clip/model", name="demo_clip")  # doctest: +SKIP
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    info = encoder.info
+    if name is not None:
+        info = dataclasses.replace(info, name=name, slug=name)
+    info = dataclasses.replace(info, weights="", verified=False)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        spec = encoder.export(tmp, "")
+        state = {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()
+        }
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = {
+            "format": FORMAT,
+            "version": 1,
+            "mmpath_version": __version__,
+            "family": spec["family"],
+            "kwargs": to_dict(spec["kwargs"]),
+            "info": to_dict(info),
+            "sha256": _sha256(tmp / WEIGHTS_NAME),
+        }
+        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    log.info("saved encoder %s to %s", info.name, folder)
+    return folder
+
+
+def _resolve_paths(value: Any, root: Path) -> Any:
+    if isinstance(value, str) and value.startswith("./"):
+        return str(root / value[2:])
+    if isinstance(value, dict):
+        return {k: _resolve_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_paths(v, root) for v in value]
+    return value
+
+
+def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``config.yaml`` of a model folder (raises WeightsError if absent/invalid)."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise WeightsError(
+            f"{folder} is not an mmpath model folder (no {CONFIG_NAME}); "
+            "save one with mmpath.models.save_encoder"
+        )
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise WeightsError(f"{path} is not valid YAML ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not an {FORMAT} config")
+    return config
+
+
+def load_encoder(folder: str | os.PathLike[str], *, device: Any = None) -> Encoder:
+    """Rebuild an encoder saved by :func:`save_encoder` (same as ``local-dir:<folder>``).
+
+    Example
+    -------
+    >>> enc = load_encoder("runs/clip/model")  # doctest: +SKIP
+    """
+    from mmpath.models.registry import families
+    from mmpath.models.weights import load_strict, read_state_dict
+
+    root = Path(folder).expanduser().resolve()
+    config = read_config(root)
+    kwargs = _resolve_paths(config.get("kwargs") or {}, root)
+    meta = device is not None and torch.device(device).type == "meta"
+    if meta:
+        with torch.device("meta"):
+            enc = families.create(config["family"], **kwargs)
+    else:
+        enc = families.create(config["family"], **kwargs)
+    try:
+        info = from_dict(EncoderInfo, config["info"])
+    except (ConfigError, KeyError) as err:
+        raise WeightsError(f"{root / CONFIG_NAME}: invalid info ({err})") from None
+    if not meta:
+        state = read_state_dict(root / WEIGHTS_NAME, sha256=config.get("sha256"))
+        load_strict(enc, state, name=info.name)
+    enc.info = dataclasses.replace(info, weights=f"local-dir:{root}")
+    return enc.eval()
