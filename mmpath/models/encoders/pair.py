@@ -8,7 +8,10 @@ image tower's own features; ``proj`` and text embeddings are the projected, norm
 vectors. Freeze a tower with ``enc.text.requires_grad_(False)`` (LiT).
 
 A saved pair rebuilds from ``{"family": "pair", "kwargs": {"image": <tower spec>,
-"text": <tower spec>, "proj_dim": n}}``; each tower spec is its own export.
+"text": <tower spec>, "proj_dim": n}}``; each tower spec is its own export, or, for a locked
+pretrained tower, a reference ``{"ref": "minilm", "kwargs": {...}}`` to a registry entry whose
+weights the normal resolver finds at load time (:meth:`PairEncoder.refer`; the model folder
+then does not store that tower's weights, so a LiT model on MiniLM is a few MB, not 90).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmpath.errors import ModelError
+from mmpath.errors import ModelError, WeightsError
 from mmpath.models.base import Encoder, EncoderInfo, ImageEmbedding, Tokens
 from mmpath.models.encoders._common import l2n
 from mmpath.models.registry import create_encoder, families
@@ -73,6 +76,7 @@ class PairEncoder(Encoder):
         self.text_proj = nn.Linear(text.info.embed_dim, proj_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.proj_dim = int(proj_dim)
+        self.refs: dict[str, dict[str, Any]] = {}  # tower -> {"ref": entry, "kwargs": {...}}
         base = info or EncoderInfo(
             name=f"pair({image.info.name},{text.info.name})",
             kind="image-text",
@@ -107,20 +111,65 @@ class PairEncoder(Encoder):
     ) -> list[torch.Tensor]:
         return self.image.forward_intermediates(x, indices)
 
+    def refer(self, tower: str, name: str | None, **kwargs: Any) -> None:
+        """Save ``tower`` (``"image"`` or ``"text"``) as a reference to registry entry ``name``.
+
+        A model folder then stores no weights for that tower; loading rebuilds it with
+        ``create_encoder(name, **kwargs)`` (weights found by the normal resolver). Only right
+        for a locked tower whose weights are the entry's own (LiT); ``save_encoder`` checks.
+        ``name=None`` removes the reference.
+
+        Example
+        -------
+        >>> lit = pair_family("tiny_vit", "minilm", proj_dim=128)  # doctest: +SKIP
+        >>> lit.refer("text", "minilm")  # doctest: +SKIP
+        """
+        if tower not in ("image", "text"):
+            raise ModelError(f"tower must be 'image' or 'text', got {tower!r}")
+        if name is None:
+            self.refs.pop(tower, None)
+        else:
+            self.refs[tower] = {"ref": str(name), "kwargs": dict(kwargs)}
+
+    def load_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Strict load; the tensors of referenced towers may be absent (they keep theirs)."""
+        from mmpath.models.weights import load_strict
+
+        skip = tuple(f"{tower}." for tower in self.refs)
+        if skip:
+            own = {k: v for k, v in self.state_dict().items() if k.startswith(skip)}
+            state_dict = {**{k: v for k, v in state_dict.items() if not k.startswith(skip)}, **own}
+        load_strict(self, state_dict, name=self.info.name)
+
     def export(self, root: Path, sub: str) -> dict[str, Any]:
-        return {
-            "family": "pair",
-            "kwargs": {
-                "image": self.image.export(root, f"{sub}/image" if sub else "image"),
-                "text": self.text.export(root, f"{sub}/text" if sub else "text"),
-                "proj_dim": self.proj_dim,
-            },
-        }
+        specs = {}
+        for tower in ("image", "text"):
+            if tower in self.refs:
+                specs[tower] = dict(self.refs[tower])
+            else:
+                specs[tower] = getattr(self, tower).export(root, f"{sub}/{tower}" if sub else tower)
+        return {"family": "pair", "kwargs": {**specs, "proj_dim": self.proj_dim}}
+
+
+def _referenced(spec: dict[str, Any]) -> Encoder:
+    name = spec["ref"]
+    meta = torch.get_default_device().type == "meta"
+    try:
+        return create_encoder(name, device="meta" if meta else None, **spec.get("kwargs", {}))
+    except WeightsError as err:
+        raise WeightsError(f"referenced tower {name!r} cannot be loaded: {err}") from None
+    except (ModelError, KeyError) as err:
+        raise WeightsError(
+            f"referenced tower {name!r} is not a registered encoder ({err}); install the "
+            "mmpath version or plugin that registers it"
+        ) from None
 
 
 def _tower(spec: str | dict[str, Any] | Encoder, kwargs: dict[str, Any] | None) -> Encoder:
     if isinstance(spec, Encoder):
         return spec
+    if isinstance(spec, dict) and "ref" in spec:
+        return _referenced(spec)
     if isinstance(spec, dict):
         return families.create(spec["family"], **spec.get("kwargs", {}))
     return create_encoder(spec, **(kwargs or {}))
@@ -142,9 +191,13 @@ def pair_family(
     -------
     >>> lit = pair_family("tiny_vit", "minilm", proj_dim=128)  # doctest: +SKIP
     """
-    return PairEncoder(
+    pair = PairEncoder(
         _tower(image, image_kwargs),
         _tower(text, text_kwargs),
         proj_dim=proj_dim,
         init_logit_scale=init_logit_scale,
     )
+    for tower, spec in (("image", image), ("text", text)):
+        if isinstance(spec, dict) and "ref" in spec:
+            pair.refer(tower, spec["ref"], **spec.get("kwargs", {}))
+    return pair

@@ -6,10 +6,9 @@ Both are registered in :data:`mmpath.models.registry.heads`:
 * ``heads.create("vae", image_size=64, latent_dim=32)`` (light conv encoder), or
   ``heads.create("vae", encoder="backbone", backbone="tiny_vit")`` (shared backbone features)
 
-``mmpath.models.heads`` names both this subpackage and the registry (``mmpath.models`` exports
-the registry under that name, and importing a submodule rebinds the parent's attribute). So
-that either binding works, this module also behaves as the registry: ``create``, ``get``,
-``list``, ``table``, ``register``, ``in`` and iteration are forwarded to it.
+``mmpath.models`` imports this subpackage first (which registers the entries) and then binds
+the name ``heads`` to the registry, as it does for ``encoders``: ``mm.models.heads`` is the
+registry; the classes are imported from ``mmpath.models.heads.<module>``.
 
 Example
 -------
@@ -19,8 +18,6 @@ Example
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,23 +86,3 @@ def vae(*, backbone: Any = None, **config: Any) -> VAEHead:
     bb = _encoder(backbone) if backbone is not None else None
     return VAEHead(VAEConfig(**config), backbone=bb)
 
-
-class _HeadsModule(types.ModuleType):
-    """This subpackage, standing in for the ``heads`` registry when it shadows it."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(heads, name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in heads
-
-    def __iter__(self):
-        return iter(heads)
-
-    def __len__(self) -> int:
-        return len(heads)
-
-
-sys.modules[__name__].__class__ = _HeadsModule

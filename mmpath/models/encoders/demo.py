@@ -1,0 +1,92 @@
+"""The demo's default models, shipped inside the package (``mmpath/data/models/``).
+
+* ``mmpath-demo-vit`` (alias ``demo-vit``): a ~1.3M-parameter ViT (6 blocks, width 128,
+  112 px at 0.5 µm/px) SimCLR-pretrained on tiles of the bundled real H&E sample plus
+  synthetic tissue.
+* ``mmpath-demo-lit`` (alias ``demo-lit``): LiT on the locked all-MiniLM-L6-v2 text tower
+  (referenced by registry name, resolved like ``minilm``) with the image tower initialised
+  from ``mmpath-demo-vit``, trained on weak captions from measured tile properties; it knows
+  :data:`DEMO_LIT_CLASSES`.
+
+Both were made by ``tools/make_demo_models.py``; each folder's README.md is its model card.
+They are demo models, not foundation models, and nothing they output is diagnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mmpath.models.base import IMAGENET_MEAN, IMAGENET_STD, DataConfig, Encoder, EncoderInfo
+from mmpath.models.registry import families, register_encoder
+from mmpath.models.weights import WeightsSpec, resolve_weights
+
+__all__ = ["DEMO_LIT_CLASSES", "DEMO_MPP", "DEMO_DATA", "packaged_model_dir"]
+
+# Concepts the LiT demo model was trained to name (see its model card for the bins).
+DEMO_LIT_CLASSES: tuple[str, ...] = ("background glass", "dense nuclei", "eosin-rich stroma")
+DEMO_MPP = 0.5
+DEMO_DATA = DataConfig(input_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD, mpp=DEMO_MPP)
+_LICENSE = "CC0-1.0 (trained by mmpath on CC0 and synthetic data)"
+_NOTE = "demo model, not a foundation model; outputs are not diagnostic"
+
+
+def packaged_model_dir(name: str) -> Path:
+    """``mmpath/data/models/<name>`` (may not exist in a source tree without the models)."""
+    return Path(__file__).resolve().parents[2] / "data" / "models" / name
+
+
+def _spec(name: str) -> WeightsSpec:
+    return WeightsSpec(package=f"mmpath:data/models/{name}")
+
+
+def _build(name: str) -> Encoder:
+    """The architecture (random weights) from the packaged folder's config.yaml."""
+    from mmpath.models.local_dir import _resolve_paths, read_config
+
+    folder = resolve_weights(name, _spec(name))
+    if not folder.is_dir():
+        folder = folder.parent
+    config = read_config(folder)
+    kwargs: dict[str, Any] = _resolve_paths(config.get("kwargs") or {}, folder)
+    enc = families.create(config["family"], **kwargs)
+    enc.info = replace(enc.info, data=DEMO_DATA)  # the tiles it was trained on
+    return enc
+
+
+VIT_INFO = EncoderInfo(
+    "mmpath-demo-vit",
+    "image",
+    128,
+    data=DEMO_DATA,
+    pooling="cls",
+    license=_LICENSE,
+    source=f"tools/make_demo_models.py; {_NOTE}",
+)
+LIT_INFO = EncoderInfo(
+    "mmpath-demo-lit",
+    "image-text",
+    128,
+    proj_dim=128,
+    data=DEMO_DATA,
+    pooling="cls",
+    license=f"{_LICENSE}; text tower all-MiniLM-L6-v2 Apache-2.0",
+    source=f"tools/make_demo_models.py; {_NOTE}",
+)
+
+
+@register_encoder(
+    "mmpath-demo-vit", VIT_INFO, weights=_spec("mmpath-demo-vit"), aliases=("demo-vit",)
+)
+def demo_vit() -> Encoder:
+    """The demo image encoder (SSL-pretrained small ViT, packaged weights)."""
+    return _build("mmpath-demo-vit")
+
+
+@register_encoder(
+    "mmpath-demo-lit", LIT_INFO, weights=_spec("mmpath-demo-lit"), aliases=("demo-lit",)
+)
+def demo_lit() -> Encoder:
+    """The demo image-text model (LiT on locked MiniLM, packaged weights)."""
+    return _build("mmpath-demo-lit")
