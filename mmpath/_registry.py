@@ -105,9 +105,7 @@ class Registry(Generic[F]):
             meta = entry.meta
             if meta is not None:
                 fields = getattr(meta, "__dataclass_fields__", None)
-                items = (
-                    {k: getattr(meta, k) for k in fields} if fields else dict(vars(meta))
-                )
+                items = {k: getattr(meta, k) for k in fields} if fields else dict(vars(meta))
                 row.update({k: v for k, v in items.items() if not k.startswith("_")})
             rows.append(row)
         return rows

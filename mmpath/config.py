@@ -144,9 +144,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()
-) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Load ``cls`` from a YAML file (optional) plus dotted overrides.
 
     Parameters

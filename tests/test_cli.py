@@ -30,8 +30,20 @@ def test_tile_batch_continues_past_a_bad_slide(tmp_path, synthetic_slide_path, c
     bad = tmp_path / "corrupt.svs"
     bad.write_bytes(b"II*\x00garbage" * 100)
     out_dir = tmp_path / "tiles"
-    rc = main(["-q", "tile", str(bad), str(synthetic_slide_path), "-o", str(out_dir),
-               "--mpp", "1.0", "--size", "128"])
+    rc = main(
+        [
+            "-q",
+            "tile",
+            str(bad),
+            str(synthetic_slide_path),
+            "-o",
+            str(out_dir),
+            "--mpp",
+            "1.0",
+            "--size",
+            "128",
+        ]
+    )
     assert rc == 2
     text = capsys.readouterr().out
     assert "corrupt.svs" in text and "tiled 1/2 slide(s)" in text and "1 failed" in text
@@ -39,8 +51,20 @@ def test_tile_batch_continues_past_a_bad_slide(tmp_path, synthetic_slide_path, c
     assert table.n_obs > 0
     assert (out_dir / f"{synthetic_slide_path.stem}.png").exists()
     # a re-run skips the finished slide (resume) and still reports the bad one
-    rc = main(["-q", "tile", str(bad), str(synthetic_slide_path), "-o", str(out_dir),
-               "--mpp", "1.0", "--size", "128"])
+    rc = main(
+        [
+            "-q",
+            "tile",
+            str(bad),
+            str(synthetic_slide_path),
+            "-o",
+            str(out_dir),
+            "--mpp",
+            "1.0",
+            "--size",
+            "128",
+        ]
+    )
     assert rc == 2
 
 

@@ -45,8 +45,9 @@ def test_models_load_lazily():
     assert out.stdout.strip() == "True"
 
 
-@pytest.mark.parametrize(("ns", "name", "obj"), list(_public_functions()),
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("ns", "name", "obj"), list(_public_functions()), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_public_api_rules(ns, name, obj):
     if (ns, name) in EXCEPTIONS:
         pytest.skip(EXCEPTIONS[(ns, name)])

@@ -89,7 +89,7 @@ def nuclei_density(h: np.ndarray, tissue: np.ndarray, h_thr: float) -> np.ndarra
 
     dens = np.zeros(len(h), np.float32)
     for i in range(len(h)):
-        blobs = remove_small_objects((h[i] > h_thr) & tissue[i], MIN_BLOB)
+        blobs = remove_small_objects((h[i] > h_thr) & tissue[i], max_size=MIN_BLOB - 1)
         n = int(label(blobs).max())
         area = max(int(tissue[i].sum()), 1) * PX_AREA_UM2
         dens[i] = n / area * 1e4

@@ -81,13 +81,19 @@ def tile_one(path: str, args) -> tuple[int, Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # empty slides are reported below
             tiles = pp.tile(
-                slide, args.size, mpp=args.mpp, level=args.level, overlap=args.overlap,
-                min_tissue=args.min_tissue, tissue=mask,
+                slide,
+                args.size,
+                mpp=args.mpp,
+                level=args.level,
+                overlap=args.overlap,
+                min_tissue=args.min_tissue,
+                tissue=mask,
             )
         io.write_h5ad(tiles, target)
         if not args.no_thumbnail:
-            pl.tiles(tiles, slide, color="tissue_frac", tissue=mask,
-                     save=out / f"{slide.slide_id}.png")
+            pl.tiles(
+                tiles, slide, color="tissue_frac", tissue=mask, save=out / f"{slide.slide_id}.png"
+            )
     return tiles.n_obs, target
 
 
@@ -106,6 +112,9 @@ def cmd_tile(args) -> int:
             print(f"mmpath: warning: {path}: no tissue tiles (empty table written)")
         n_ok += 1
         n_tiles += n
-    summary(args, f"tiled {n_ok}/{len(args.slides)} slide(s): {n_tiles} tiles -> {args.out}"
-            + (f"; {len(failures)} failed" if failures else ""))
+    summary(
+        args,
+        f"tiled {n_ok}/{len(args.slides)} slide(s): {n_tiles} tiles -> {args.out}"
+        + (f"; {len(failures)} failed" if failures else ""),
+    )
     return 2 if failures else 0

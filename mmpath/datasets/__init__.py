@@ -19,8 +19,17 @@ from mmpath.datasets.synthetic import (
 )
 from mmpath.datasets.synthetic_st import SyntheticST, synthetic_st
 
-__all__ = ["sample_slide", "sample_slide_path", "Region", "SlideSpec", "default_spec", "render",
-           "write_synthetic_slide", "synthetic_st", "SyntheticST"]
+__all__ = [
+    "sample_slide",
+    "sample_slide_path",
+    "Region",
+    "SlideSpec",
+    "default_spec",
+    "render",
+    "write_synthetic_slide",
+    "synthetic_st",
+    "SyntheticST",
+]
 
 SAMPLE_LICENSE = (
     "CMU-1-Small-Region.svs: Aperio H&E, 2220x2967 px at 0.499 µm/px, from the OpenSlide test "

@@ -86,8 +86,13 @@ class SlideSpec:
 
 
 def default_spec(
-    width: int = 4096, height: int = 3072, *, mpp: float | None = 0.5, seed: int = 0,
-    levels: Sequence[int] = (1, 4, 16), artefacts: bool = False,
+    width: int = 4096,
+    height: int = 3072,
+    *,
+    mpp: float | None = 0.5,
+    seed: int = 0,
+    levels: Sequence[int] = (1, 4, 16),
+    artefacts: bool = False,
 ) -> SlideSpec:
     """Two tissue regions (an ellipse and a rectangle) of different nuclei density."""
     regions = [
@@ -95,10 +100,14 @@ def default_spec(
         Region("rect", (0.60 * width, 0.20 * height, 0.90 * width, 0.75 * height), 0.15),
     ]
     if artefacts:
-        regions.append(Region("pen", (0.05 * width, 0.90 * height, 0.95 * width, 0.88 * height),
-                              width=0.006 * width))
-        regions.append(Region("dark", (0.02 * width, 0.02 * height, 0.08 * width,
-                                       0.10 * height)))
+        regions.append(
+            Region(
+                "pen",
+                (0.05 * width, 0.90 * height, 0.95 * width, 0.88 * height),
+                width=0.006 * width,
+            )
+        )
+        regions.append(Region("dark", (0.02 * width, 0.02 * height, 0.08 * width, 0.10 * height)))
     return SlideSpec(width, height, tuple(regions), mpp=mpp, seed=seed, levels=tuple(levels))
 
 
@@ -203,8 +212,10 @@ def write_synthetic_slide(
             lw, lh = math.ceil(spec.width / ds), math.ceil(spec.height / ds)
             kwargs = {}
             if spec.mpp is not None:
-                kwargs = {"resolution": (1e4 / (spec.mpp * ds),) * 2,
-                          "resolutionunit": "CENTIMETER"}
+                kwargs = {
+                    "resolution": (1e4 / (spec.mpp * ds),) * 2,
+                    "resolutionunit": "CENTIMETER",
+                }
             tw.write(
                 _tiles(spec, ds, lw, lh, tile_size),
                 shape=(lh, lw, 3),

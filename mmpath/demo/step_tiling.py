@@ -32,10 +32,12 @@ def run(ctx: DemoContext) -> list[Section]:
         "tile size / target mpp": f"{TILE_SIZE} px at {TILE_MPP} µm/px",
         "effective mpp": spec["mpp_effective"],
         "read level / read size": f"{spec['level']} / {spec['read_size']} px (no resampling)"
-        if spec["read_size"] == TILE_SIZE else f"{spec['level']} / {spec['read_size']} px",
+        if spec["read_size"] == TILE_SIZE
+        else f"{spec['level']} / {spec['read_size']} px",
         "tiles kept / grid": f"{tiles.n_obs} / {spec['n_grid']}",
         "mean tissue fraction of kept tiles": float(np.mean(tiles.obs[K.TISSUE_FRAC]))
-        if tiles.n_obs else 0.0,
+        if tiles.n_obs
+        else 0.0,
     }
     fig = pl.tiles(tiles, slide, color=K.TISSUE_FRAC, tissue=mask)
     body = table_html(stats) + figure_html(fig, "tile grid over the thumbnail")

@@ -32,8 +32,6 @@ def read_downsampled(slide, downsample: float) -> np.ndarray:
         ly1 = min(lh, max(ly0 + 1, int(round(r1 * fy))))
         strip = slide.read_region((0, int(ly0 * lds)), level, (lw, ly1 - ly0))
         if strip.shape[1] != ow or strip.shape[0] != r1 - r0:
-            strip = np.asarray(
-                Image.fromarray(strip).resize((ow, r1 - r0), Image.Resampling.BOX)
-            )
+            strip = np.asarray(Image.fromarray(strip).resize((ow, r1 - r0), Image.Resampling.BOX))
         out[r0:r1] = strip
     return out

@@ -124,8 +124,14 @@ def tiles(
                 Rectangle((0, 0), 1, 1, color=palette(i % palette.N))
                 for i in range(len(cats.categories))
             ]
-            ax.legend(handles, list(cats.categories), loc="upper left", bbox_to_anchor=(1.01, 1),
-                      fontsize=8, frameon=False)
+            ax.legend(
+                handles,
+                list(cats.categories),
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1),
+                fontsize=8,
+                frameon=False,
+            )
         else:
             coll = PatchCollection(rects, cmap=cmap, alpha=alpha, lw=0)
             coll.set_array(values.to_numpy(dtype=float))
@@ -135,8 +141,9 @@ def tiles(
     ax.set_xlim(0, thumb.shape[1])
     ax.set_ylim(thumb.shape[0], 0)
     ax.set_axis_off()
-    ax.set_title(title or f"{slide_id}: {sub.n_obs} tiles" + (f", {color}" if color else ""),
-                 fontsize=10)
+    ax.set_title(
+        title or f"{slide_id}: {sub.n_obs} tiles" + (f", {color}" if color else ""), fontsize=10
+    )
     fig.tight_layout()
     if save is not None:
         save = Path(save)

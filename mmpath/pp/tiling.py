@@ -83,8 +83,13 @@ def plan_read(
             f"slide {slide.slide_id!r} ({W}x{H}); use a smaller size or a finer mpp"
         )
     eff = slide.mpp * lds * read_size / size if slide.mpp is not None else None
-    return {"level": int(level), "read_size": int(read_size), "size0": float(size0),
-            "level_downsample": float(lds), "mpp_effective": eff}
+    return {
+        "level": int(level),
+        "read_size": int(read_size),
+        "size0": float(size0),
+        "level_downsample": float(lds),
+        "mpp_effective": eff,
+    }
 
 
 def tile(

@@ -99,9 +99,7 @@ def _box_mean(img: np.ndarray, x: np.ndarray, y: np.ndarray, w: float, h: float)
             + sat[y1, x1] * fx * fy
         )
 
-    total = (
-        integral(x + w, y + h) - integral(x, y + h) - integral(x + w, y) + integral(x, y)
-    )
+    total = integral(x + w, y + h) - integral(x, y + h) - integral(x + w, y) + integral(x, y)
     return np.clip(total / (w * h), 0.0, 1.0)
 
 
@@ -122,9 +120,12 @@ def _drop_small(mask: np.ndarray, min_px: int, *, keep_border: bool = False) -> 
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from skimage.color import rgb2hsv
+    """Hue, saturation, value in 0..1 via PIL's C conversion (8-bit steps are plenty for
+    thresholds, and it is ~10x faster than skimage's float64 ``rgb2hsv``)."""
+    from PIL import Image
 
-    hsv = rgb2hsv(rgb)
+    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("HSV"), np.float32)
+    hsv = hsv / 255.0
     return hsv[..., 0], hsv[..., 1], hsv[..., 2]
 
 

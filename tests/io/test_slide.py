@@ -28,14 +28,14 @@ def test_openslide_backend_reads_levels_and_mpp(synthetic_slide, synthetic_spec)
 
 def test_array_and_openslide_agree_pixel_for_pixel(tmp_path):
     spec = default_spec(512, 384, levels=(1,), seed=3)
-    path = write_synthetic_slide(tmp_path / "lossless.tif", spec, tile_size=128,
-                                 compression="none")
+    path = write_synthetic_slide(tmp_path / "lossless.tif", spec, tile_size=128, compression="none")
     arr = render(spec, (0, 0), (512, 384))
     with mm.io.open_slide(path) as osl:
         asl = mm.io.ArraySlide(arr, mpp=0.5)
         for loc, size in [((0, 0), (512, 384)), ((37, 91), (200, 150)), ((500, 380), (12, 4))]:
-            np.testing.assert_array_equal(osl.read_region(loc, 0, size),
-                                          asl.read_region(loc, 0, size))
+            np.testing.assert_array_equal(
+                osl.read_region(loc, 0, size), asl.read_region(loc, 0, size)
+            )
 
 
 def test_plain_images_open_as_array_slides(tmp_path):

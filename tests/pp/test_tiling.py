@@ -59,8 +59,9 @@ def test_table_slots(synthetic_slide):
     assert tiles.obs_names[0] == f"{synthetic_slide.slide_id}:0"
     spec = tiles.uns[K.UNS][K.UNS_SLIDES][synthetic_slide.slide_id][K.UNS_TILING]
     centre = tiles.obsm[K.SPATIAL][0]
-    assert centre == pytest.approx([tiles.obs[K.X].iloc[0] + spec["size0"] / 2,
-                                    tiles.obs[K.Y].iloc[0] + spec["size0"] / 2])
+    assert centre == pytest.approx(
+        [tiles.obs[K.X].iloc[0] + spec["size0"] / 2, tiles.obs[K.Y].iloc[0] + spec["size0"] / 2]
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,9 +119,14 @@ def test_implausible_mpp_request():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"size": 0}, "positive"), ({"size": -3}, "positive"), ({"size": 64, "mpp": -1.0}, "> 0"),
-     ({"size": 5000}, "larger than"), ({"size": 64, "overlap": 64}, "overlap"),
-     ({"size": 64, "min_tissue": 2.0}, "min_tissue")],
+    [
+        ({"size": 0}, "positive"),
+        ({"size": -3}, "positive"),
+        ({"size": 64, "mpp": -1.0}, "> 0"),
+        ({"size": 5000}, "larger than"),
+        ({"size": 64, "overlap": 64}, "overlap"),
+        ({"size": 64, "min_tissue": 2.0}, "min_tissue"),
+    ],
 )
 def test_bad_tiling_requests(synthetic_slide, kwargs, match):
     size = kwargs.pop("size")
@@ -194,8 +200,9 @@ def test_iter_tiles_and_dataset_agree(synthetic_slide_path):
         tiles = mm.pp.tile(s, 64, mpp=1.0)
         ref = mm.io.read_tiles(s, tiles)
     for workers in (0, 2):
-        got = np.concatenate([b for _, b in mm.io.iter_tiles(tiles, batch_size=7,
-                                                              num_workers=workers)])
+        got = np.concatenate(
+            [b for _, b in mm.io.iter_tiles(tiles, batch_size=7, num_workers=workers)]
+        )
         np.testing.assert_array_equal(got, ref)
     ds = mm.io.TileDataset(tiles)
     img, i = ds[3]
@@ -226,3 +233,17 @@ def test_sample_slide_end_to_end(sample_slide, tmp_path):
     assert batch.mean() < 200
     fig = mm.pl.tiles(tiles, sample_slide, color=K.TISSUE_FRAC, save=tmp_path / "grid.png")
     assert fig is not None and (tmp_path / "grid.png").stat().st_size > 10_000
+
+
+def test_hsv_conversion_matches_skimage():
+    from skimage.color import rgb2hsv
+
+    from mmpath.pp.tissue import _rgb_to_hsv
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    ref = rgb2hsv(rgb)
+    got = np.stack(_rgb_to_hsv(rgb), axis=-1)
+    hue_err = np.abs(got[..., 0] - ref[..., 0])
+    hue_err = np.minimum(hue_err, 1 - hue_err)  # hue is circular
+    assert hue_err.max() < 3 / 255
+    assert np.abs(got[..., 1:] - ref[..., 1:]).max() < 2 / 255

@@ -85,4 +85,3 @@ def vae(*, backbone: Any = None, **config: Any) -> VAEHead:
     """A VAE head; ``encoder="backbone"`` reads ``backbone`` (a name or an Encoder)."""
     bb = _encoder(backbone) if backbone is not None else None
     return VAEHead(VAEConfig(**config), backbone=bb)
-
