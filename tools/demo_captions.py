@@ -61,8 +61,6 @@ def _read_all(path: Path) -> tuple[Any, np.ndarray]:
 def measure_pixels(images: np.ndarray, h_thr: float | None = None) -> dict[str, np.ndarray]:
     """Tissue fraction, mean H and E, and (given ``h_thr``) nuclei density per tile."""
     from skimage.color import rgb2hed
-    from skimage.measure import label
-    from skimage.morphology import remove_small_objects
 
     rgb = images.astype(np.float32)
     od = -np.log10(np.clip(rgb, 1, 255) / 255.0)
@@ -124,7 +122,9 @@ def fit_thresholds(measured: list[dict[str, np.ndarray]]) -> dict[str, float]:
 def label(measured: dict[str, np.ndarray], thr: dict[str, float]) -> dict[str, np.ndarray]:
     """Per tile: a bin name (glass/partial/sparse/moderate/dense) and an eval class or ''."""
     if "density" not in measured:
-        measured["density"] = nuclei_density(measured["_h"], measured["_tissue"], thr["h_threshold"])
+        measured["density"] = nuclei_density(
+            measured["_h"], measured["_tissue"], thr["h_threshold"]
+        )
     frac, dens = measured["tissue"], measured["density"]
     bins = np.where(
         frac < GLASS,

@@ -1,8 +1,8 @@
 """Demo step: embed the sample's tiles, then UMAP + leiden clusters drawn over the slide.
 
-Until the representation-learning step provides a trained demo encoder, this uses the
-registry's randomly initialised ``tiny_vit``: the clusters show the machinery working, not
-biology, and the report says so.
+Uses ``mmpath-demo-vit``, the small SSL-pretrained demo ViT shipped in the package (see its
+model card in ``mmpath/data/models/mmpath-demo-vit/README.md``): a demo model, not a
+foundation model, and the report says so.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ from mmpath import _keys as K
 from mmpath import io, pl, tl
 from mmpath.demo.report import DemoContext, Section, figure_html, table_html
 
-DEMO_ENCODER = "tiny_vit"  # replaced by the trained demo encoder once it exists
+DEMO_ENCODER = "mmpath-demo-vit"  # shipped in the package; see its model card
 SEED = 0
 
 NOTE = (
-    "<p class='note'>These embeddings come from <b>{name}</b>, a small model with "
-    "<b>random, untrained weights</b>: they mean little. Clusters follow colour and texture "
-    "statistics that a random network happens to pick up, not tissue types. The step shows "
-    "the pipeline (streamed embedding, provenance, UMAP, leiden, cluster map); a trained "
-    "encoder will replace it.</p>"
+    "<p class='note'><b>Demo model, not diagnostic.</b> These embeddings come from "
+    "<b>{name}</b>, a {params:.1f}M-parameter ViT self-supervised (SimCLR-style) for a few "
+    "minutes on the CPU on tiles of this sample slide plus synthetic tissue, by "
+    "<code>tools/make_demo_models.py</code>. It is a demo model, not a foundation model: its "
+    "features follow colour, stain density and texture, so clusters group tiles that look "
+    "alike, not tissue types or diagnoses. It sees the central {size} px of each tile at "
+    "{mpp} µm/px, the magnification it was trained at. For real work use a pathology "
+    "foundation model (<code>mmpath list</code>).</p>"
 )
 
 
@@ -36,8 +39,9 @@ def run(ctx: DemoContext) -> list[Section]:
 
     tiles = ctx.state["tiles"]
     slide = ctx.state["slide"]
-    torch.manual_seed(SEED)  # the tiny encoder is random: fix it so the demo is reproducible
+    torch.manual_seed(SEED)
     encoder = models.create_encoder(DEMO_ENCODER)
+    params = sum(p.numel() for p in encoder.parameters()) / 1e6
     t0 = time.perf_counter()
     tl.embed(tiles, encoder, slide=slide, batch_size=32, num_workers=0)
     seconds = time.perf_counter() - t0
@@ -72,7 +76,7 @@ def run(ctx: DemoContext) -> list[Section]:
     rec = tiles.uns[K.UNS][K.UNS_EMBEDDINGS][key]
     counts = tiles.obs["leiden"].value_counts().sort_index()
     stats = {
-        "encoder": f"{encoder.info.name} (untrained, random weights)",
+        "encoder": f"{encoder.info.name} (SSL-pretrained demo model, not diagnostic)",
         "obsm key": f"{key} {tiles.obsm[key].shape}",
         "model input": f"{rec['data']['input_size']} px, preprocessing {rec['preprocess']}",
         "tiles embedded": n,
@@ -86,11 +90,16 @@ def run(ctx: DemoContext) -> list[Section]:
         slide,
         color="leiden",
         tissue=ctx.state.get("tissue"),
-        title=f"leiden clusters of {key} (untrained encoder)",
+        title=f"leiden clusters of {key} (demo model, not diagnostic)",
     )
     fig_umap = pl.embedding(tiles, basis="umap", color="leiden")
     body = (
-        NOTE.format(name=encoder.info.name)
+        NOTE.format(
+            name=encoder.info.name,
+            params=params,
+            size=encoder.info.data.input_size,
+            mpp=encoder.info.data.mpp,
+        )
         + table_html(stats)
         + figure_html(fig_map, "leiden clusters over the thumbnail")
         + figure_html(fig_umap, "UMAP of the tile embeddings")

@@ -34,7 +34,7 @@ SEG_OVERRIDES = [
     "data.synthetic_kind=colour",
     "data.synthetic_n=96",
     "data.tile_size=32",
-    "model.encoder=tiny_vit",
+    "model.encoder=mmpath-demo-vit",  # the shipped SSL demo ViT, never a random one
     "model.decoder_channels=8",
     "model.stem_channels=8",
     "train.epochs=4",
@@ -134,7 +134,7 @@ def _run(ctx: DemoContext) -> list[Section]:
     dense = res.class_names[1]
     score = f"{K.ANOMALY}_score"
     stats = {
-        "U-Net": f"tiny_vit backbone (frozen), {seg_run.steps} steps in {t_seg:.1f} s "
+        "U-Net": f"mmpath-demo-vit backbone (frozen), {seg_run.steps} steps in {t_seg:.1f} s "
         "on synthetic colour images",
         "whole-slide inference": f"{res.info['n_tiles']} tiles of {res.info['tile_size']} px at "
         f"{SEG_MPP} µm/px, overlap 8 px, {t_inf:.2f} s",

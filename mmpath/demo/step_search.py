@@ -71,8 +71,8 @@ def run(ctx: DemoContext) -> list[Section]:
     rows = hits[cols].to_dict("records")
     body = (
         "<p>Cosine similarity on the tiles' embeddings (normalised inner product). With the "
-        "untrained demo encoder, neighbours share colour and texture statistics, not "
-        "diagnosis.</p>"
+        "demo encoder (a small SSL-pretrained demo model, not a foundation model), neighbours "
+        "share colour, stain density and texture, not diagnosis. Not diagnostic.</p>"
         + table_html(stats)
         + figure_html(fig, "query tile and its nearest tiles")
         + table_html(rows)

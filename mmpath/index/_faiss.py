@@ -84,13 +84,13 @@ def choose(n: int, dim: int, factory: str | None = None) -> Plan:
 
     * up to :data:`EXACT_MAX` vectors: exact ``Flat``;
     * up to :data:`REFINE_FLAT_MAX`: ``IVF<~sqrt n>,PQ<d/4>x4fs,RFlat``, 4-bit fast-scan PQ
-      shortlists re-ranked with the exact vectors (recall@10 0.96-1.0 at 60-190x Flat's
-      queries/s, ~2.1 KB/vector at 512-d);
+      shortlists re-ranked with the exact vectors (recall@10 0.96-1.0 at 34-114x Flat's
+      batched queries/s, ~2.1 KB/vector at 512-d);
     * above: the same with ``Refine(SQ8)`` (recall@10 0.95-0.99, ~0.6 KB/vector).
 
-    HNSW (``factory="HNSW32,Flat"``) answers single queries fastest but builds ~15x slower
-    than IVF-PQ here and cannot remove vectors (removal re-adds the rest), so it is never
-    picked automatically.
+    HNSW (``factory="HNSW32,Flat"``) builds ~9x slower per vector than IVF-PQ here, was
+    slower at equal recall on one thread, and cannot remove vectors (removal re-adds the
+    rest), so it is never picked automatically.
     """
     if factory is None:
         if n <= EXACT_MAX:

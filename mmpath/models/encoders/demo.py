@@ -61,6 +61,7 @@ VIT_INFO = EncoderInfo(
     128,
     data=DEMO_DATA,
     pooling="cls",
+    slug="demo_vit",
     license=_LICENSE,
     source=f"tools/make_demo_models.py; {_NOTE}",
 )
@@ -71,6 +72,7 @@ LIT_INFO = EncoderInfo(
     proj_dim=128,
     data=DEMO_DATA,
     pooling="cls",
+    slug="demo_lit",
     license=f"{_LICENSE}; text tower all-MiniLM-L6-v2 Apache-2.0",
     source=f"tools/make_demo_models.py; {_NOTE}",
 )

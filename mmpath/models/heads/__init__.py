@@ -73,7 +73,9 @@ def _encoder(encoder: Any) -> Any:
     meta=HeadInfo("seg", "U-Net / UNETR decoder over forward_intermediates", True),
     aliases=("unetr",),
 )
-def unet(*, encoder: Any = "tiny_vit", input_size: int | None = None, **config: Any) -> UNetHead:
+def unet(
+    *, encoder: Any = "mmpath-demo-vit", input_size: int | None = None, **config: Any
+) -> UNetHead:
     """A U-Net head on ``encoder`` (a name or an Encoder); ``config`` = UNetConfig fields."""
     return UNetHead(_encoder(encoder), UNetConfig(**config), input_size=input_size)
 
