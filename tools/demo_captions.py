@@ -257,7 +257,8 @@ ship inside the package, no download needed.
 95% of the tiles train, 5% are held out for the validation view loss.
 
 Augmentation (two views per tile, the `ssl` task's heavy H&E set): {augment}.
-Inputs are normalised with ImageNet mean/std.
+Inputs are 112 px (no resampling) normalised with mean = std = 0.5 per channel (timm's
+config for this architecture).
 
 ## Made by
 `{command}` (mmpath {version}); final training loss {loss:.3f}; held-out view_loss
@@ -361,7 +362,8 @@ def write_vit_card(rec: dict, *, version: str, command: str, batch: int) -> None
         ),
         encoding="utf-8",
     )
-    (folder / "make.json").write_text(json.dumps(rec, default=str, indent=1), encoding="utf-8")
+    keep = {k: v for k, v in rec.items() if k != "target"}
+    (folder / "make.json").write_text(json.dumps(keep, default=str, indent=1), encoding="utf-8")
 
 
 def write_lit_card(rec: dict, ssl: dict, *, version: str, command: str, batch: int) -> None:

@@ -17,7 +17,7 @@ produce is diagnostic. The tile measurements live in :mod:`tools.demo_captions`.
 
 Usage::
 
-    python tools/make_demo_models.py                       # ~8 minutes on 2 cores
+    python tools/make_demo_models.py                       # ~10 minutes on 2 shared cores
     python tools/make_demo_models.py --ssl-steps 10 --lit-steps 10 --out /tmp/m   # smoke run
 """
 
@@ -79,12 +79,14 @@ def run_ssl(args, tables: dict[str, Path], work: Path) -> dict:
     sets = {
         "out": str(run),
         "model.name": ARCH,
+        "model.pretrained": False,  # SimCLR from random init
         "model.kwargs": _json.dumps(VIT),
         "model.save_name": "mmpath-demo-vit",
         "model.head_hidden": 512,
         "model.head_dim": 128,
         "data.train": f"[{', '.join(str(t) for t, _ in ssl_tables)}]",
         "data.val_fraction": 0.05,
+        "data.input_size": SIZE,  # the tiles' own size: no resampling, 0.5 µm/px reaches the model
         "train.batch_size": args.batch,
         "train.epochs": 1000,
         "train.max_steps": args.ssl_steps,
@@ -152,6 +154,7 @@ def run_lit(args, tables: dict[str, Path], vit: Path, work: Path) -> dict:
         "data.train": f"[{', '.join(str(p) for p in train_paths)}]",
         "data.caption_col": "caption",
         "data.val_fraction": 0.05,
+        "data.input_size": SIZE,
         "loss.kind": "clip",
         "train.batch_size": args.batch,
         "train.epochs": 1000,
@@ -188,8 +191,8 @@ def run_lit(args, tables: dict[str, Path], vit: Path, work: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ssl-steps", type=int, default=150)
-    p.add_argument("--lit-steps", type=int, default=150)
+    p.add_argument("--ssl-steps", type=int, default=500)
+    p.add_argument("--lit-steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(Path("~/.cache/mmpath/demo-train").expanduser()))
@@ -215,6 +218,9 @@ def main() -> None:
         dc.write_vit_card(ssl, version=__version__, command=command, batch=args.batch)
     lit = run_lit(args, tables, ssl["target"], work)
     dc.write_lit_card(lit, ssl, version=__version__, command=command, batch=args.batch)
+    for name in ("mmpath-demo-vit", "mmpath-demo-lit"):
+        for f in (Path(args.out) / name).iterdir():
+            f.chmod(0o644)  # package data readable by everyone (temp files are created 0600)
     sizes = {
         name: round(sum(f.stat().st_size for f in (Path(args.out) / name).iterdir()) / 1e6, 2)
         for name in ("mmpath-demo-vit", "mmpath-demo-lit")

@@ -98,7 +98,10 @@ class ClipRunConfig:
     """``mmpath train clip`` run config (``configs/clip-tiny.yaml``)."""
 
     out: str = "runs/clip"
-    model: ClipModelConfig = field(default_factory=lambda: ClipModelConfig(name="tiny_clip"))
+    # Default: LiT, the shipped demo ViT trained against the locked real MiniLM text tower.
+    model: ClipModelConfig = field(
+        default_factory=lambda: ClipModelConfig(mode="lit", image="mmpath-demo-vit", text="minilm")
+    )
     data: TableConfig = field(default_factory=TableConfig)
     loss: ClipLossConfig = field(default_factory=ClipLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

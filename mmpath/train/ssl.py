@@ -48,8 +48,11 @@ _VAL_EPOCH = 1_000_003  # augmentation "epoch" of the fixed validation views
 class SslModelConfig:
     """The image tower to pretrain and its (discarded) projection head."""
 
-    name: str = "tiny_vit"  # an image encoder: tiny_vit, timm:<arch>, local-dir:/path ...
-    pretrained: bool = False  # start from the entry's weights (continued pretraining)
+    # An image encoder: mmpath-demo-vit, timm:<arch>, local-dir:/path ... By default the
+    # shipped demo ViT is pretrained further on the user's tiles; `pretrained: false` starts
+    # from random init (what tools/make_demo_models.py does).
+    name: str = "mmpath-demo-vit"
+    pretrained: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
     head_hidden: int = 512
     head_dim: int = 128

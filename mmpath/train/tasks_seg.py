@@ -76,7 +76,7 @@ class SegDataConfig:
 class SegModelConfig:
     """The encoder and the U-Net head on it."""
 
-    encoder: str = "tiny_vit"
+    encoder: str = "mmpath-demo-vit"  # the shipped SSL demo ViT; set a foundation model here
     pretrained: bool = True  # load the encoder's weights (random-by-design entries ignore it)
     binary: bool = False  # one sigmoid logit instead of two softmax classes (2 classes only)
     indices: int | tuple[int, ...] = 4
@@ -341,7 +341,7 @@ class AnomalyModelConfig:
     base_channels: int = 16
     beta: float = 1.0
     encoder: Literal["conv", "backbone"] = "conv"
-    backbone: str = "tiny_vit"  # the shared encoder when encoder == "backbone"
+    backbone: str = "mmpath-demo-vit"  # the shared encoder when encoder == "backbone"
 
 
 @dataclass(frozen=True)

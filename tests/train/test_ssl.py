@@ -19,6 +19,8 @@ def _ssl_overrides(train, out, **extra):
         "data.train": f"[{train}]",
         "data.input_size": 32,
         "data.val_fraction": 0.2,
+        "model.name": "tiny_vit",
+        "model.pretrained": "false",
         "model.head_hidden": 64,
         "model.head_dim": 32,
         "train.batch_size": 24,

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mmpath.models.base import IMAGENET_MEAN, IMAGENET_STD, DataConfig, Encoder, EncoderInfo
+from mmpath.models.base import DataConfig, Encoder, EncoderInfo
 from mmpath.models.registry import families, register_encoder
 from mmpath.models.weights import WeightsSpec, resolve_weights
 
@@ -27,7 +27,8 @@ __all__ = ["DEMO_LIT_CLASSES", "DEMO_MPP", "DEMO_DATA", "packaged_model_dir"]
 # Concepts the LiT demo model was trained to name (see its model card for the bins).
 DEMO_LIT_CLASSES: tuple[str, ...] = ("background glass", "dense nuclei", "eosin-rich stroma")
 DEMO_MPP = 0.5
-DEMO_DATA = DataConfig(input_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD, mpp=DEMO_MPP)
+# timm's vit_tiny config (mean = std = 0.5), as used in training; 112 px tiles at 0.5 µm/px
+DEMO_DATA = DataConfig(input_size=112, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), mpp=DEMO_MPP)
 _LICENSE = "CC0-1.0 (trained by mmpath on CC0 and synthetic data)"
 _NOTE = "demo model, not a foundation model; outputs are not diagnostic"
 
