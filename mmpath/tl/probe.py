@@ -163,8 +163,9 @@ def linear_probe(
     X = X_all[keep].astype(np.float64, copy=False)
     if not np.isfinite(X).all():
         raise DataError(f"{use_rep!r} contains NaN or infinite values; re-compute it")
-    y = sub.obs[label].astype(str).to_numpy()
-    classes = np.unique(y)
+    # Integer codes for the fits and metrics (sklearn is markedly slower on string labels).
+    classes, y = np.unique(sub.obs[label].astype(str).to_numpy(), return_inverse=True)
+    codes = np.arange(len(classes))
     if len(classes) < 2:
         raise DataError(f"obs[{label!r}] has {len(classes)} class(es); a probe needs at least 2")
 
@@ -179,18 +180,18 @@ def linear_probe(
             )
         model = _classifier(method, C=C, n_neighbors=n_neighbors, n_train=len(tr), seed=seed)
         model.fit(X[tr], y[tr])
-        proba = _full_proba(model, X[te], classes)
-        pred = classes[proba.argmax(axis=1)]
+        proba = _full_proba(model, X[te], codes)
+        pred = proba.argmax(axis=1)
         rows.append(
             {
                 "balanced_accuracy": float(balanced_accuracy_score(y[te], pred)),
                 "f1_weighted": float(f1_score(y[te], pred, average="weighted", zero_division=0)),
-                "auroc_macro": auroc_macro_ovr(y[te], proba, classes),
+                "auroc_macro": auroc_macro_ovr(y[te], proba, codes),
                 "n_train": len(tr),
                 "n_test": len(te),
             }
         )
-        cms.append(confusion_matrix(y[te], pred, labels=classes))
+        cms.append(confusion_matrix(y[te], pred, labels=codes))
     per_fold = pd.DataFrame(rows)
     df = pd.concat(
         [per_fold, per_fold.mean().to_frame("mean").T, per_fold.std(ddof=0).to_frame("std").T]

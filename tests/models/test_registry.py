@@ -130,6 +130,7 @@ def test_cli_list_says_which_entries_never_ran_on_real_weights(capsys):
     assert "virchow2" in out and "never run on their real weights:" in out
     never = out.split("never run on their real weights:")[1]
     assert "uni" in never and "minilm" not in never and "tiny_vit" not in never
+    assert "mmpath-demo-vit" not in never and "mmpath-demo-lit" not in never  # shipped weights
     assert main(["list", "encoders", "tiny*"]) == 0
     assert "uni" not in capsys.readouterr().out.split("\n", 1)[1].split("encoders")[0]
 

@@ -242,7 +242,7 @@ def test_hsv_conversion_matches_skimage():
 
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
     ref = rgb2hsv(rgb)
-    got = np.stack(_rgb_to_hsv(rgb), axis=-1)
+    got = np.stack(_rgb_to_hsv(rgb), axis=-1) / 255.0
     hue_err = np.abs(got[..., 0] - ref[..., 0])
     hue_err = np.minimum(hue_err, 1 - hue_err)  # hue is circular
     assert hue_err.max() < 3 / 255

@@ -43,7 +43,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both sides (1, as bench_embed: a core stays free for the reader "
+        "and blender threads, as the CPU does when a GPU runs the model; 0: torch default, "
+        "where on 2 cores reading and blending can only steal from the forward pass)",
+    )
     args = ap.parse_args()
 
     import torch

@@ -65,6 +65,7 @@ VIT_INFO = EncoderInfo(
     slug="demo_vit",
     license=_LICENSE,
     source=f"tools/make_demo_models.py; {_NOTE}",
+    verified=True,  # its shipped weights: tests/models/test_demo_models.py runs them
 )
 LIT_INFO = EncoderInfo(
     "mmpath-demo-lit",
@@ -76,6 +77,7 @@ LIT_INFO = EncoderInfo(
     slug="demo_lit",
     license=f"{_LICENSE}; text tower all-MiniLM-L6-v2 Apache-2.0",
     source=f"tools/make_demo_models.py; {_NOTE}",
+    verified=True,  # its shipped weights: tests/models/test_demo_models.py runs them
 )
 
 
