@@ -28,8 +28,11 @@ def test_shipped_configs_load():
     from mmpath.config import load_config
     from mmpath.train import get_task
 
-    for name, task in (("clip-tiny", "clip"), ("ssl-tiny", "ssl"), ("clip-lit-minilm", "clip")):
-        cfg = load_config(get_task(task).config, CONFIGS / f"{name}.yaml")
+    tasks = {"clip": "clip", "ssl": "ssl", "seg": "seg", "vae": "anomaly", "expr": "expr"}
+    shipped = sorted(CONFIGS.glob("*.yaml"))
+    assert len(shipped) >= 6
+    for path in shipped:  # every shipped config parses against its task's dataclasses
+        cfg = load_config(get_task(tasks[path.stem.split("-")[0]]).config, path)
         assert cfg.train.epochs >= 1
     lit = load_config(get_task("clip").config, CONFIGS / "clip-lit-minilm.yaml")
     assert lit.model.mode == "lit" and lit.model.text == "minilm"
