@@ -305,8 +305,20 @@ class ClipTask(TrainingTask):
 
     def export(self, folder: Path) -> None:
         from mmpath.models import save_encoder
+        from mmpath.models.registry import encoders
 
-        save_encoder(self.encoder, folder, name=self.cfg.model.save_name)
+        m = self.cfg.model
+        # LiT's locked text tower holds its registry entry's own weights: the folder stores a
+        # reference instead of a copy (MiniLM would add 90 MB to every run).
+        refer = {}
+        if (
+            m.mode == "lit"
+            and m.text in encoders
+            and not m.text_kwargs
+            and encoders.get(m.text).meta.weights is not None  # not a random test tower
+        ):
+            refer["text"] = m.text
+        save_encoder(self.encoder, folder, name=m.save_name, refer=refer)
 
 
 @register_task("clip", config=ClipRunConfig, help="contrastive image-text training")

@@ -180,6 +180,34 @@ def test_lit_locks_the_real_minilm_text_tower(caption_sets, tmp_path, testdata):
     assert not any(k.startswith("encoder.text.") for k in state)
 
 
+def test_lit_export_refers_to_the_locked_registry_tower(caption_sets, tmp_path):
+    import yaml
+
+    from mmpath.models import create_encoder
+
+    train, val = caption_sets
+    overrides = {
+        "model.name": "null",
+        "model.mode": "lit",
+        "model.image": "tiny_vit",
+        "model.text": "minilm",  # found by the resolver (the pip package), no kwargs
+        "model.proj_dim": 32,
+        "train.max_steps": 1,
+        "train.batch_size": 10,
+        "train.val_every_epochs": 0,
+    }
+    cfg = make_config("clip", clip_overrides(train, val, tmp_path / "run", **overrides))
+    task = get_task("clip").build(cfg, DistEnv())
+    result = fit(task, cfg)
+    saved = yaml.safe_load((result.model_dir / "config.yaml").read_text())
+    assert "ref: minilm" in yaml.safe_dump(saved)  # a reference, not a 90 MB copy
+    assert (result.model_dir / "model.safetensors").stat().st_size < 5_000_000
+    enc = create_encoder(f"local-dir:{result.model_dir}")
+    tokens = enc.tokenize(["dense nuclei"])
+    with torch.no_grad():
+        assert torch.allclose(enc.encode_text(tokens), task.encoder.encode_text(tokens))
+
+
 def test_unknown_config_key_is_a_config_error(caption_sets, tmp_path):
     train, val = caption_sets
     with pytest.raises(ConfigError, match="unknown key"):

@@ -103,7 +103,9 @@ class _HFBase(Encoder):
             if sha256 and len(files) == 1 and _sha256(files[0]) != sha256.lower():
                 raise WeightsError(f"sha256 of {files[0]} does not match; download it again")
             verbosity = transformers.logging.get_verbosity()
+            bar = transformers.utils.logging.is_progress_bar_enabled()
             transformers.logging.set_verbosity_error()  # its own load report is too loud
+            transformers.utils.logging.disable_progress_bar()  # and so is its bar
             try:
                 model, report = type(self.model).from_pretrained(
                     str(folder),
@@ -122,6 +124,8 @@ class _HFBase(Encoder):
                 ) from None
             finally:
                 transformers.logging.set_verbosity(verbosity)
+                if bar:
+                    transformers.utils.logging.enable_progress_bar()
         bad = sorted(report.get("missing_keys", [])) + [
             str(m) for m in report.get("mismatched_keys", [])
         ]
