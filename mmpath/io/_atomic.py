@@ -12,6 +12,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+# The process umask, read once at import (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -31,6 +35,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+        _default_permissions(tmp)
         if tmp.is_dir() and target.is_dir():
             # os.replace cannot swap a non-empty directory: move the old one aside first.
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -42,6 +47,18 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         _remove(tmp)
+
+
+def _default_permissions(path: Path) -> None:
+    """Give outputs the user's usual permissions: some writers (safetensors, tempfile) create
+    0600 files, which a lab sharing a results folder could not read."""
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        base = 0o777 if p.is_dir() else 0o666
+        with contextlib.suppress(OSError):
+            os.chmod(p, base & ~_UMASK)
 
 
 def _remove(path: Path) -> None:

@@ -283,3 +283,17 @@ def test_phikon_format_old_transformers_checkpoint(tmp_path):
         want = ref(pixel_values=x).last_hidden_state[:, 0]
         torch.testing.assert_close(enc.encode_image(x).features, want)
     assert [tuple(m.shape) for m in enc.forward_intermediates(x, 2)] == [(2, 32, 2, 2)] * 2
+
+
+def test_saved_model_folders_get_the_users_default_permissions(tmp_path):
+    """safetensors writes 0600 files; a lab sharing a results folder must be able to read."""
+    import os
+    import stat
+
+    from mmpath.models import create_encoder, save_encoder
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = save_encoder(create_encoder("tiny_vit"), tmp_path / "model")
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from mmpath.errors import ModelError, WeightsError
-from mmpath.io._atomic import atomic_write_text
+from mmpath.io._atomic import atomic_path
 
 __all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE", "KINDS"]
 
@@ -85,10 +85,15 @@ def save_trained_head(head: TrainedHead, folder: str | os.PathLike[str]) -> Path
     -------
     >>> save_trained_head(TrainedHead("seg", unet, ("bg", "tumour"), 64), "runs/seg1/model")
     """
+    with atomic_path(folder) as tmp:  # a crash never leaves new weights with an old head.yaml
+        tmp.mkdir()
+        _write_head(head, tmp)
+    return Path(folder)
+
+
+def _write_head(head: TrainedHead, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     model = head.model
     name = _head_name(model)
     encoder_spec = None
@@ -116,8 +121,7 @@ def save_trained_head(head: TrainedHead, folder: str | os.PathLike[str]) -> Path
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
-    atomic_write_text(folder / HEAD_FILE, yaml.safe_dump(meta, sort_keys=False))
-    return folder
+    (folder / HEAD_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
 
 
 def _plain(obj: Any) -> Any:
