@@ -84,3 +84,37 @@ def test_debug_reraises(tmp_path):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def _png_slide(path, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = np.full((300, 400, 3), 240, np.uint8)
+    arr[50:250, 80:320] = rng.integers(100, 200, (200, 240, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_tile_next_to_a_png_never_overwrites_it(tmp_path):
+    src = _png_slide(tmp_path / "scan.png")
+    before = src.read_bytes()
+    args = ["-q", "tile", str(src), "-o", str(tmp_path), "--slide-mpp", "0.5", "--size", "64"]
+    assert main(args) == 0
+    assert src.read_bytes() == before  # the input scan is intact
+    assert (tmp_path / "scan.tiles.png").exists() and (tmp_path / "scan.h5ad").exists()
+
+
+def test_tile_refuses_two_slides_with_one_stem(tmp_path, capsys):
+    a, b = _png_slide(tmp_path / "a" / "s.png"), _png_slide(tmp_path / "b" / "s.png", seed=1)
+    out = tmp_path / "out"
+    base = ["-q", "tile", "-o", str(out), "--slide-mpp", "0.5", "--size", "64"]
+    assert main([*base, str(a), str(b)]) == 2
+    text = capsys.readouterr().out
+    assert "tiled 1/2" in text and "also the id of" in text
+    # a later run with the other file is not silently "resumed" from the first one's table
+    assert main([*base, str(b)]) == 2
+    assert "already holds slide 's'" in capsys.readouterr().out
+    assert io.read_h5ad(out / "s.h5ad").uns["mmpath"]["slides"]["s"]["path"] == str(a)

@@ -124,8 +124,14 @@ def parse_params(items: list[str]) -> dict:
 
 def _read_tables(paths, args):
     from mmpath import io
+    from mmpath.io import _prov
 
-    return [io.read_h5ad(p) for p in progress(paths, args, desc="reading", unit="table")]
+    tables = []
+    for p in progress(paths, args, desc="reading", unit="table"):
+        t = io.read_h5ad(p)
+        _prov.require_tile_table(t, repr(str(p)))  # name the file, not "table 3 of 7"
+        tables.append(t)
+    return tables
 
 
 def cmd_build(args) -> int:

@@ -7,8 +7,9 @@ import logging
 import warnings
 from pathlib import Path
 
+from mmpath import _keys as K
 from mmpath.cli._common import progress, slide_mpp_arg, summary
-from mmpath.errors import MmpathError
+from mmpath.errors import MmpathError, SlideError
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,42 @@ def cmd_info(args) -> int:
     return 2 if failed else 0
 
 
-def tile_one(path: str, args) -> tuple[int, Path]:
-    """Tile one slide into ``<out>/<slide_id>.h5ad`` (+ thumbnail); returns (n_tiles, path)."""
+def _thumbnail_path(out: Path, slide_id: str, inputs: set[Path]) -> Path:
+    """``<out>/<slide_id>.png``, unless that is one of the input files (``-o`` next to PNGs)."""
+    png = out / f"{slide_id}.png"
+    return out / f"{slide_id}.tiles.png" if png.resolve() in inputs else png
+
+
+def tile_one(path: str, args, seen: dict[str, str] | None = None) -> tuple[int, Path]:
+    """Tile one slide into ``<out>/<slide_id>.h5ad`` (+ thumbnail); returns (n_tiles, path).
+
+    ``seen`` maps the slide ids tiled earlier in this run to their files: two files with one
+    stem would share a table, so the second is refused instead of silently skipped.
+    """
     from mmpath import io, pl, pp
+    from mmpath.io import _prov
 
     out = Path(args.out)
+    seen = {} if seen is None else seen
     with io.open_slide(path, mpp=args.slide_mpp) as slide:
-        target = out / f"{slide.slide_id}.h5ad"
+        sid = slide.slide_id
+        if sid in seen and seen[sid] != slide.path:
+            raise SlideError(
+                f"slide id {sid!r} is also the id of {seen[sid]!r} in this run and both would "
+                "write one table; rename one file or tile them into separate -o folders"
+            )
+        seen[sid] = slide.path
+        target = out / f"{sid}.h5ad"
         if target.exists() and not args.overwrite:
+            done = io.read_h5ad(target)
+            other = _prov.plain(_prov.root(done)[K.UNS_SLIDES]).get(sid, {}).get("path")
+            if other and slide.path and Path(other) != Path(slide.path):
+                raise SlideError(
+                    f"{str(target)!r} already holds slide {sid!r} tiled from {other!r}, not "
+                    "from this file; use another -o folder, or --overwrite to replace it"
+                )
             log.info("%s exists; skipping (use --overwrite to redo)", target)
-            return io.read_h5ad(target).n_obs, target
+            return done.n_obs, target
         mask = pp.detect_tissue(slide)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # empty slides are reported below
@@ -91,17 +118,18 @@ def tile_one(path: str, args) -> tuple[int, Path]:
             )
         io.write_h5ad(tiles, target)
         if not args.no_thumbnail:
-            pl.tiles(
-                tiles, slide, color="tissue_frac", tissue=mask, save=out / f"{slide.slide_id}.png"
-            )
+            inputs = {Path(p).resolve() for p in args.slides}
+            png = _thumbnail_path(out, sid, inputs | {Path(slide.path or path).resolve()})
+            pl.tiles(tiles, slide, color="tissue_frac", tissue=mask, save=png)
     return tiles.n_obs, target
 
 
 def cmd_tile(args) -> int:
     n_ok, n_tiles, failures = 0, 0, []
+    seen: dict[str, str] = {}
     for path in progress(args.slides, args, desc="tiling", unit="slide"):
         try:
-            n, _ = tile_one(path, args)
+            n, _ = tile_one(path, args, seen)
         except MmpathError as err:
             if args.debug:
                 raise

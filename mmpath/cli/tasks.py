@@ -1,7 +1,8 @@
 """``mmpath zeroshot`` and ``mmpath probe``: tasks on embedded tile tables.
 
 ``zeroshot`` classifies the tiles of each table in place (written back atomically, or into
-``-o``) and writes one slide table for the whole run (``zeroshot_slides.csv`` and ``.h5ad``).
+``-o``) and writes one slide table for the whole run (``<key_added>_slides.csv`` and
+``.h5ad``; ``zs_`` by default). Empty tables (slides without tissue) are skipped with a warning.
 ``probe`` cross-validates a linear or kNN probe on one table (several are concatenated into a
 cohort) and writes a report folder: ``metrics.csv``, ``confusion.csv``, ``report.json``.
 """
@@ -104,6 +105,9 @@ def cmd_zeroshot(args) -> int:
     for path in progress(args.tables, args, desc="zero-shot", unit="table"):
         try:
             tiles = io.read_h5ad(path)
+            if tiles.n_obs == 0:  # a slide without tissue: `mmpath tile` warned already
+                print(f"mmpath: warning: {path}: the tile table is empty; skipped")
+                continue
             slides = tl.zero_shot(
                 tiles,
                 classes,

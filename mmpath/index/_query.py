@@ -114,7 +114,8 @@ def _load_images(images) -> list[np.ndarray]:
         if isinstance(im, (str, os.PathLike)):
             out.append(_read_file(Path(im)))
         elif _is_pil(im):
-            out.append(np.asarray(im.convert("RGB")))
+            alpha = "A" in im.mode or "transparency" in im.info
+            out.append(_as_rgb(np.asarray(im.convert("RGBA" if alpha else "RGB"))))
         else:
             out.append(_as_rgb(np.asarray(im)))
     return out
@@ -129,29 +130,34 @@ def _is_pil(obj) -> bool:
 
 
 def _read_file(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """A query image as a viewer shows it (EXIF orientation, 16-bit, transparency on white),
+    read exactly as :func:`mmpath.io.open_slide` reads plain images."""
+    from mmpath.errors import SlideError
+    from mmpath.io._plain import read_plain_image, read_plain_tiff
 
+    if path.is_dir():
+        raise DataError(f"query image {str(path)!r} is a directory; pass image files")
     if not path.is_file():
         raise DataError(f"query image {str(path)!r} does not exist")
+    tiff = path.suffix.lower() in (".tif", ".tiff")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read query image {str(path)!r} ({err})") from None
+        return _as_rgb(read_plain_tiff(path) if tiff else read_plain_image(path))
+    except SlideError as err:  # the message names the file and the problem already
+        raise DataError(str(err)) from None
 
 
 def _as_rgb(a: np.ndarray) -> np.ndarray:
+    from mmpath.io._plain import to_uint8
+    from mmpath.io.slide import _rgba_to_rgb
+
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise DataError(f"a query image must be (H, W, 3), got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = a.astype(np.float32)
-        if np.nanmax(a) <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return a
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise DataError(f"a query image is empty (shape {a.shape}); pass a non-empty image")
+    a = to_uint8(a)  # uint16 over its range, floats in 0..1 by 255
+    return _rgba_to_rgb(a) if a.shape[2] == 4 else a
 
 
 def _square(a: np.ndarray) -> np.ndarray:

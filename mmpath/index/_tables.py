@@ -109,15 +109,15 @@ def collect(tables: list, use_rep: str, start_id: int) -> Collected:
     """
     vecs, frames, slides = [], [], {}
     embedding: dict[str, Any] = {}
-    for t in tables:
+    for i, t in enumerate(tables):
+        what = f"table {i + 1} of {len(tables)}" if len(tables) > 1 else "the table"
+        _prov.require_tile_table(t, what)
         if use_rep not in t.obsm:
             keys = [k for k in t.obsm if k.startswith(K.REP_PREFIX)]
             raise DataError(
-                f"the table has no obsm[{use_rep!r}]; embed it first (mm.tl.embed) or pick one "
+                f"{what} has no obsm[{use_rep!r}]; embed it first (mm.tl.embed) or pick one "
                 f"of {keys}"
             )
-        if K.SLIDE_ID not in t.obs:
-            raise DataError("the table has no obs['slide_id']; is it an mmpath tile table?")
         rec = embedding_record(t, use_rep)
         if rec and embedding and rec.get("encoder") != embedding.get("encoder"):
             raise IndexError_(
@@ -139,6 +139,12 @@ def collect(tables: list, use_rep: str, start_id: int) -> Collected:
         raise IndexError_(f"obsm[{use_rep!r}] has different dims across tables: {sorted(dims)}")
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
     meta = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(FIXED))
+    dup = meta[OBS_NAME].duplicated() if len(meta) else None
+    if dup is not None and dup.any():
+        raise IndexError_(
+            f"{int(dup.sum())} tile(s) appear more than once (first: "
+            f"{meta.loc[dup, OBS_NAME].iloc[0]!r}); was a table passed twice? index each slide once"
+        )
     meta.index = pd.RangeIndex(start_id, start_id + len(meta), name=TILE_ID)
     meta.index = meta.index.astype(np.int64)
     return Collected(vectors, _clean(meta), slides, embedding)

@@ -62,3 +62,19 @@ def tiling(adata, slide_id: str) -> dict[str, Any]:
     if K.UNS_TILING not in rec:
         raise DataError(f"slide {slide_id!r} has no tiling spec in the table's provenance")
     return rec[K.UNS_TILING]
+
+
+def require_tile_table(adata, what: str = "the table") -> None:
+    """A :class:`DataError` unless ``adata`` has the tile columns (``slide_id``, ``x``, ``y``).
+
+    A slide table (one row per slide, e.g. ``zs_slides.h5ad`` written next to the tile tables)
+    is the usual mix-up when tables are passed by glob, so it is named as such.
+    """
+    missing = [c for c in (K.SLIDE_ID, K.X, K.Y) if c not in adata.obs]
+    if not missing:
+        return
+    if K.N_TILES in adata.obs:
+        kind = "a slide table (one row per slide), not a tile table"
+    else:
+        kind = f"not an mmpath tile table (no obs{missing})"
+    raise DataError(f"{what} is {kind}; pass only the tile tables made by `mmpath tile`")

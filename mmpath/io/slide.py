@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mmpath.errors import SlideError, TileReadError
+from mmpath.io import _plain
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ __all__ = ["Slide", "OpenSlideSlide", "ArraySlide", "open_slide"]
 # Scanners report 0.1-2 µm/px at level 0; plain images (thumbnails, microscope snapshots)
 # can be coarser. Beyond this range the metadata is almost certainly wrong.
 MPP_PLAUSIBLE = (0.01, 1000.0)
-_PLAIN_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def _check_mpp(mpp: float | None, what: str) -> float | None:
@@ -234,6 +234,9 @@ def _metadata_mpp(props: Mapping[str, str]) -> float | None:
                 continue
             if value > 0:
                 return value
+    found = _plain.ome_mpp(props.get("tiff.ImageDescription"))
+    if found is not None:
+        return found
     res, unit = props.get("tiff.XResolution"), props.get("tiff.ResolutionUnit", "")
     if res:
         try:
@@ -359,7 +362,8 @@ class ArraySlide(Slide):
     Parameters
     ----------
     image
-        ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBA ``uint8`` array, or ``(h, w)`` greyscale.
+        ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBA array, or ``(h, w)`` greyscale: ``uint8``;
+        ``uint16`` (scaled to 8 bits over its full range); or floats in 0..1 or 0..255.
     mpp
         Microns per pixel, if known.
     slide_id
@@ -388,10 +392,7 @@ class ArraySlide(Slide):
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise SlideError(f"ArraySlide needs an (h, w, 3) RGB array, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
-                arr = arr * 255.0
-            arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        arr = _plain.to_uint8(arr)  # uint16 scaled over its range, floats in 0..1 by 255
         if arr.shape[2] == 4:
             arr = _rgba_to_rgb(arr)
         if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -419,33 +420,6 @@ class ArraySlide(Slide):
         if self.mpp_source == "override" and self.path is not None:
             prov["mpp_source"] = "override"
         return prov
-
-
-def _read_plain_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = None  # our inputs are legitimately large; this is not a web app
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise SlideError(
-            f"cannot read image {str(path)!r}: {err}; the file may be corrupt"
-        ) from None
-
-
-def _read_plain_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
-    try:
-        arr = tifffile.imread(path, key=0)
-    except Exception as err:  # noqa: BLE001 - tifffile raises many types for bad files
-        raise SlideError(
-            f"cannot read TIFF {str(path)!r}: {err}; the file may be corrupt"
-        ) from None
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W)
-    return arr
 
 
 def open_slide(
@@ -483,10 +457,10 @@ def open_slide(
             raise SlideError(f"slide file {str(p)!r} is empty (0 bytes); re-copy it")
     except OSError as err:
         raise SlideError(f"cannot access {str(p)!r}: {err}") from None
-    sid = slide_id or p.stem
+    sid = slide_id or _stem(p)
     suffix = p.suffix.lower()
-    if suffix in _PLAIN_IMAGE_EXT:
-        return ArraySlide(_read_plain_image(p), mpp=mpp, slide_id=sid, path=p)
+    if suffix in _plain.PLAIN_IMAGE_EXT:
+        return ArraySlide(_plain.read_plain_image(p), mpp=mpp, slide_id=sid, path=p)
     import openslide
 
     fmt = None
@@ -498,35 +472,22 @@ def open_slide(
         return OpenSlideSlide(p, mpp=mpp, slide_id=sid)
     if suffix in (".tif", ".tiff"):
         # Not tiled/pyramidal, so openslide declines it: read it whole as a plain image.
-        arr = _read_plain_tiff(p)
+        arr = _plain.read_plain_tiff(p)
         slide = ArraySlide(arr, mpp=mpp, slide_id=sid, path=p)
         if mpp is None:
-            slide.mpp = _tiff_mpp(p)
+            slide.mpp = _plain.tiff_mpp(p, _metadata_mpp)
             slide.mpp_source = "metadata" if slide.mpp else None
         return slide
+    if _plain.is_pil_image(p):  # content, not extension, decides (a PNG saved as .svs)
+        log.warning("%s is a plain image despite its %r extension; reading it whole", p, suffix)
+        return ArraySlide(_plain.read_plain_image(p), mpp=mpp, slide_id=sid, path=p)
     raise SlideError(
         f"cannot read {str(p)!r}: openslide does not recognise it as a slide and it is not a "
         "plain image; check the file is complete and in a supported format"
     )
 
 
-def _tiff_mpp(path: Path) -> float | None:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            page = tf.pages[0]
-            tags = page.tags
-            if "XResolution" not in tags:
-                return None
-            num, den = tags["XResolution"].value
-            unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2
-            props = {
-                "tiff.XResolution": str(num / den if den else 0),
-                "tiff.ResolutionUnit": {2: "inch", 3: "centimeter"}.get(int(unit), ""),
-            }
-            mpp = _metadata_mpp(props)
-            # Plain images often carry a screen dpi (72, 96, 300): that is not a microscope.
-            return mpp if mpp is not None and mpp <= 50 else None
-    except Exception:  # noqa: BLE001 - metadata is optional
-        return None
+def _stem(path: Path) -> str:
+    """The file name without its extension; OME-TIFFs lose the whole ``.ome.tif``."""
+    stem = path.stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem

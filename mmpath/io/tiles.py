@@ -77,6 +77,23 @@ def open_slide_from(adata, slide_id: str | None = None, *, remap: Remap = None) 
     return open_slide(path, mpp=mpp, slide_id=slide_id)
 
 
+def _check_reachable(slide_id: str, path: str | None, remap: Remap) -> None:
+    """A clear error when a table's slide cannot be reopened (in-memory, or moved away)."""
+    if path is None:
+        raise DataError(
+            f"slide {slide_id!r} was an in-memory image with no file; pass slide= explicitly"
+        )
+    if not os.path.exists(path):
+        where, hint = (
+            ("after remap", "check remap=")
+            if remap
+            else ("recorded at tiling", "if the slides moved, pass remap={OLD: NEW}")
+        )
+        raise SlideError(
+            f"slide {slide_id!r}: {path!r} ({where}) does not exist; {hint} (CLI: --remap OLD=NEW)"
+        )
+
+
 @dataclass(frozen=True)
 class _SlideSpec:
     path: str | None
@@ -100,6 +117,8 @@ class TileReader:
     """
 
     def __init__(self, adata, *, slide: Slide | None = None, remap: Remap = None) -> None:
+        if adata.n_obs:
+            _prov.require_tile_table(adata)
         ids = _prov.slide_ids(adata) if adata.n_obs else []
         self.specs: dict[str, _SlideSpec] = {}
         sizes = set()
@@ -119,6 +138,11 @@ class TileReader:
             raise DataError("slide= was given but the table holds several slides; omit slide=")
         if slide is not None and ids and slide.slide_id not in ids:
             raise SlideError(f"slide {slide.slide_id!r} is not in this table (slides: {ids})")
+        if slide is None:
+            # Fail here, in the caller's process, with one line: inside a DataLoader worker the
+            # same error would come back wrapped in the worker's traceback.
+            for sid, spec in self.specs.items():
+                _check_reachable(sid, spec.path, remap)
         self._given = slide
         self.slide_ids = np.asarray(adata.obs[K.SLIDE_ID].astype(str)) if ids else np.array([])
         self.xy = (

@@ -107,6 +107,7 @@ def _read_folder(path: Path, count_file: str):
             f"{str(path / 'spatial')!r} has no scalefactors_json.json: without scale factors "
             "spots cannot be linked to the image; copy the Space Ranger spatial/ folder whole"
         )
+    _read_scalefactors(path / "spatial" / "scalefactors_json.json")  # fail before scanpy does
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -151,7 +152,7 @@ def _read_folder_direct(path: Path, count_file: str):
     st.obs = st.obs.join(pos[["in_tissue", "array_row", "array_col"]])
     # 10x names the image row "pxl_row" (y) and column "pxl_col" (x); obsm holds (x, y).
     st.obsm[K.SPATIAL] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)
-    scalef = json.loads((spatial / "scalefactors_json.json").read_text())
+    scalef = _read_scalefactors(spatial / "scalefactors_json.json")
     images = {}
     for res in ("hires", "lowres"):
         png = spatial / f"tissue_{res}_image.png"
@@ -163,6 +164,23 @@ def _read_folder_direct(path: Path, count_file: str):
         path.name or "visium": {"scalefactors": scalef, "images": images, "metadata": {}}
     }
     return st
+
+
+def _read_scalefactors(file: Path) -> dict[str, Any]:
+    """Space Ranger's scale factors, checked: a JSON object with a positive spot diameter."""
+    try:
+        sf = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(
+            f"{str(file)!r} is not valid JSON ({err}); copy it again from the Space Ranger outs/"
+        ) from None
+    diameter = sf.get("spot_diameter_fullres") if isinstance(sf, dict) else None
+    if not isinstance(diameter, (int, float)) or isinstance(diameter, bool) or diameter <= 0:
+        raise DataError(
+            f"{str(file)!r} has no positive spot_diameter_fullres: spots cannot be sized on the "
+            "image; copy scalefactors_json.json from the same Space Ranger run"
+        )
+    return sf
 
 
 def _library(st, library_id: str | None, what: str) -> str:
@@ -209,7 +227,18 @@ def spot_scalefactors(st, *, library_id: str | None = None) -> dict[str, Any]:
             f"library {lib!r} has no scale factors (spot_diameter_fullres); copy Space "
             "Ranger's scalefactors_json.json into uns['spatial'][lib]['scalefactors']"
         )
-    out = {str(k): float(v) for k, v in sf.items()}
+    out = {}
+    for k, v in sf.items():  # numbers only: files sometimes carry notes or version strings
+        try:
+            out[str(k)] = float(np.asarray(v).item())
+        except (TypeError, ValueError):
+            log.debug("scale factor %r=%r of library %r is not a number: ignored", k, v, lib)
+    diameter = out.get("spot_diameter_fullres", float("nan"))
+    if not np.isfinite(diameter) or diameter <= 0:
+        raise DataError(
+            f"library {lib!r}: spot_diameter_fullres must be a positive number of pixels, got "
+            f"{sf['spot_diameter_fullres']!r}; copy it from Space Ranger's scalefactors_json.json"
+        )
     out["library_id"] = lib
     return out
 

@@ -221,6 +221,12 @@ def detect_tissue(
             # (row, col) in padded mask pixels -> level-0 (x, y) of pixel edges
             xy = np.stack([(c[:, 1] - 0.5) * down[0], (c[:, 0] - 0.5) * down[1]], axis=1)
             contours.append(np.clip(xy, 0, [W, H]))
+    elif (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        log.warning(
+            "slide %r is greyscale: tissue detection needs stain colour, so no tissue was "
+            "found; keep every tile with min_tissue=0 (CLI: --min-tissue 0)",
+            slide.slide_id,
+        )
     else:
         log.warning("slide %r: no tissue detected", slide.slide_id)
     return TissueMask(mask=mask, downsample=down, contours=tuple(contours), threshold=thr)

@@ -20,6 +20,7 @@ processes, so the main process only runs the model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mmpath.errors import MmpathError
 from mmpath.io import _prov
 from mmpath.io.slide import ArraySlide, Slide, open_slide
 from mmpath.io.tiles import Remap, TileReader
@@ -200,3 +202,21 @@ def batches_of(start: int, stop: int, batch_size: int) -> list[list[int]]:
 def round_chunk(chunk_size: int, batch_size: int) -> int:
     """Chunks hold whole batches, so a resumed run feeds the model the same batches."""
     return max(1, math.ceil(chunk_size / batch_size)) * batch_size
+
+
+@contextlib.contextmanager
+def worker_errors_unwrapped():
+    """Re-raise an mmpath error from a DataLoader worker with its own one-line message.
+
+    torch re-raises worker exceptions as the same class but with the worker's whole traceback
+    as the message, which would reach the user as a 30-line "one-line" error.
+    """
+    try:
+        yield
+    except MmpathError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        name = f"{type(err).__module__}.{type(err).__qualname__}: "
+        raise type(err)(last.split(name, 1)[-1]) from None

@@ -211,7 +211,7 @@ def _iter_chunks(
         if cuda
         else contextlib.nullcontext()
     )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, D.worker_errors_unwrapped():
         for x, idx, ok in loader:
             x = x.to(device, non_blocking=cuda)
             if cuda:

@@ -149,3 +149,38 @@ def test_evaluate_leave_one_slide_out(make):
     noise.obs["cluster"] = np.random.default_rng(0).permutation(noise.obs["cluster"].to_numpy())
     idx2 = mm.index.build(noise, use_rep="X_toy")
     assert mm.index.evaluate(idx2, noise[::8], label="cluster", k=(1,))["top1_acc"] < 0.6
+
+
+def test_image_queries_read_like_slides(colour_table, tmp_path):
+    """16-bit arrays and TIFFs scale to 8 bits (not clipped to white); transparent pixels are
+    white glass, as open_slide reads them."""
+    import tifffile
+
+    t, enc = colour_table
+    idx = mm.index.build(t, use_rep="X_colour_clip_proj")
+    green = _tile("green", np.random.default_rng(2), size=64)
+    tifffile.imwrite(tmp_path / "q16.tif", green.astype(np.uint16) * 257)
+    rgba = np.dstack([green, np.full(green.shape[:2], 255, np.uint8)])
+    rgba[:, :16] = 0  # transparent black border, as exporters write it
+    Image.fromarray(rgba).save(tmp_path / "qa.png")
+    ref = idx.search_image(green, k=3, encoder=enc)["score"].to_numpy()
+    for query in (green.astype(np.uint16) * 257, tmp_path / "q16.tif"):
+        hits = idx.search_image(query, k=3, encoder=enc)
+        assert hits["colour"].eq("green").all()
+        np.testing.assert_allclose(hits["score"].to_numpy(), ref, atol=1e-3)
+    white = np.concatenate([np.full((64, 16, 3), 255, np.uint8), green[:, 16:]], axis=1)
+    want = idx.search_image(white, k=3, encoder=enc)["score"].to_numpy()
+    for query in (tmp_path / "qa.png", Image.fromarray(rgba)):
+        got = idx.search_image(query, k=3, encoder=enc)["score"].to_numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_empty_or_directory_query_image_is_a_clear_error(colour_table, tmp_path):
+    from mmpath.errors import DataError
+
+    t, enc = colour_table
+    idx = mm.index.build(t, use_rep="X_colour_clip_proj")
+    with pytest.raises(DataError, match="empty"):
+        idx.search_image(np.zeros((0, 0, 3), np.uint8), k=3, encoder=enc)
+    with pytest.raises(DataError, match="is a directory"):
+        idx.search_image(tmp_path, k=3, encoder=enc)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 import mmpath as mm
 from mmpath import _keys as K
-from mmpath.errors import IndexError_
+from mmpath.errors import DataError, IndexError_
 from mmpath.index import _store
 
 REP = "X_toy"
@@ -190,3 +192,14 @@ def test_refine_removal_in_place_equals_re_adding(make, factory):
     np.testing.assert_array_equal(nbr, nbr2)
     np.testing.assert_allclose(D, D2, atol=1e-6)
     assert not np.isin(nbr, gone).any()
+
+
+def test_same_table_twice_and_slide_tables_are_refused(table, make):
+    with pytest.raises(IndexError_, match="appear more than once.*passed twice"):
+        mm.index.build([table, table], use_rep=REP)
+    idx = mm.index.build(make(1, 10), use_rep=REP)
+    with pytest.raises(IndexError_, match="appear more than once"):
+        idx.add([table, table])
+    slide_table = ad.AnnData(obs=pd.DataFrame({"n_tiles": [3]}, index=["S0"]))
+    with pytest.raises(DataError, match="table 2 of 2 is a slide table"):
+        mm.index.build([table, slide_table], use_rep=REP)

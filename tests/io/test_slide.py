@@ -163,3 +163,69 @@ def test_unicode_paths_and_copy(tmp_path, synthetic_slide_path):
     with mm.io.open_slide(dst) as s:
         assert s.slide_id == "slide copy ✓"
         assert s.read_region((0, 0), 2, (16, 16)).shape == (16, 16, 3)
+
+
+def _tissue_rgb(h: int = 60, w: int = 90) -> np.ndarray:
+    arr = np.full((h, w, 3), 240, np.uint8)
+    arr[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = (180, 80, 160)
+    return arr
+
+
+def test_16bit_tiff_scales_to_8bit_instead_of_turning_white(tmp_path):
+    import tifffile
+
+    arr = _tissue_rgb()
+    tifffile.imwrite(tmp_path / "rgb16.tif", arr.astype(np.uint16) * 257)
+    s = mm.io.open_slide(tmp_path / "rgb16.tif")
+    np.testing.assert_array_equal(s.read_region((0, 0), 0, (90, 60)), arr)
+    assert mm.io.ArraySlide(arr.astype(np.uint16) * 257).read_region((30, 20), 0, (1, 1))[
+        0, 0
+    ].tolist() == [180, 80, 160]
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    arr = _tissue_rgb(60, 90)
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    im.save(tmp_path / "cam.jpg", exif=exif, quality=95)
+    s = mm.io.open_slide(tmp_path / "cam.jpg", mpp=0.5)
+    assert s.dimensions == (60, 90)  # displayed (portrait) geometry, as every viewer shows it
+
+
+def test_rgba_png_transparent_pixels_are_white(tmp_path):
+    from PIL import Image
+
+    rgba = np.zeros((20, 20, 4), np.uint8)  # transparent black, as many exporters write it
+    rgba[:10, :, :3], rgba[:10, :, 3] = (180, 80, 160), 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    region = mm.io.open_slide(tmp_path / "a.png").read_region((0, 0), 0, (20, 20))
+    assert region[0, 0].tolist() == [180, 80, 160] and (region[10:] == 255).all()
+
+
+def test_png_with_slide_extension_opens_by_content(tmp_path):
+    from PIL import Image
+
+    arr = _tissue_rgb()
+    Image.fromarray(arr).save(tmp_path / "misnamed.svs", format="PNG")
+    s = mm.io.open_slide(tmp_path / "misnamed.svs")
+    assert s.backend == "array" and s.slide_id == "misnamed"
+    np.testing.assert_array_equal(s.read_region((0, 0), 0, (90, 60)), arr)
+    (tmp_path / "junk.svs").write_bytes(b"not an image at all" * 10)
+    with pytest.raises(SlideError, match="not a plain image"):
+        mm.io.open_slide(tmp_path / "junk.svs")
+
+
+def test_ome_tiff_mpp_and_slide_id(tmp_path):
+    import tifffile
+
+    arr = np.zeros((512, 512, 3), np.uint8)
+    meta = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "axes": "YXS"}
+    tifffile.imwrite(tmp_path / "s1.ome.tif", arr, tile=(256, 256), metadata=meta)
+    tifffile.imwrite(tmp_path / "s2.ome.tif", arr, metadata=meta)  # strips: read whole
+    for name in ("s1", "s2"):
+        s = mm.io.open_slide(tmp_path / f"{name}.ome.tif")
+        assert s.slide_id == name
+        assert s.mpp == pytest.approx(0.5) and s.mpp_source == "metadata"

@@ -143,6 +143,16 @@ def test_empty_slide_gives_empty_table_and_warning():
     assert mm.io.read_tiles(s, tiles).shape == (0, 0, 0, 3)
 
 
+def test_greyscale_slide_says_why_no_tissue_is_found(caplog):
+    grey = np.full((512, 512), 235, np.uint8)
+    grey[100:400, 100:400] = 90  # dark "tissue" without colour
+    slide = mm.io.ArraySlide(grey, mpp=1.0, slide_id="grey")
+    with caplog.at_level("WARNING", logger="mmpath.pp.tissue"):
+        assert not mm.pp.detect_tissue(slide).mask.any()
+    assert "greyscale" in caplog.text and "min_tissue=0" in caplog.text
+    assert mm.pp.tile(slide, 64, min_tissue=0.0).n_obs == 64  # the advice works
+
+
 def test_h5ad_round_trip_and_reopen(tmp_path, synthetic_slide):
     tiles = mm.pp.tile(synthetic_slide, 64, mpp=2.0)
     path = mm.io.write_h5ad(tiles, tmp_path / "t.h5ad")

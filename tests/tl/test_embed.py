@@ -328,3 +328,38 @@ def test_cli_embed_resumes_and_skips(synth_tiles, tmp_path, capsys):
     np.testing.assert_array_equal(mm.io.read_h5ad(paths[0]).obsm["X_tiny_vit"], first[0])
     assert main(["embed", str(paths[0]), "--encoder", "nope_xyz"]) == 2
     assert main(["embed", str(paths[0]), "--encoder", "tiny_vit", "--remap", "bad"]) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_moved_or_in_memory_slide_is_one_clear_line(tmp_path, workers):
+    """A slide moved since tiling (or an in-memory one) fails before any worker starts, in one
+    line that names the fix, not wrapped in a DataLoader worker's traceback."""
+    from PIL import Image
+
+    from mmpath.errors import SlideError
+
+    rgb = np.full((128, 128, 3), 240, np.uint8)
+    rgb[16:112, 16:112] = (180, 80, 160)
+    Image.fromarray(rgb).save(tmp_path / "s.png")
+    tiles = mm.pp.tile(mm.io.open_slide(tmp_path / "s.png", mpp=1.0), 32, min_tissue=0.0)
+    (tmp_path / "s.png").rename(tmp_path / "moved.png")
+    with pytest.raises(SlideError, match=r"does not exist; if the slides moved, pass remap=") as e:
+        mm.tl.embed(tiles.copy(), ToyEncoder(), num_workers=workers)
+    assert "\n" not in str(e.value)
+    mem = mm.pp.tile(ArraySlide(rgb, mpp=1.0, slide_id="mem"), 32, min_tissue=0.0)
+    with pytest.raises(DataError, match="in-memory image") as e:
+        mm.tl.embed(mem, ToyEncoder(), num_workers=workers)
+    assert "\n" not in str(e.value)
+
+
+def test_worker_errors_are_unwrapped():
+    from mmpath.errors import SlideError
+    from mmpath.tl._embed_data import worker_errors_unwrapped
+
+    wrapped = SlideError(
+        "Caught SlideError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1\nmmpath.errors.SlideError: slide gone; fix it\n'
+    )
+    with pytest.raises(SlideError) as e, worker_errors_unwrapped():
+        raise wrapped
+    assert str(e.value) == "slide gone; fix it"

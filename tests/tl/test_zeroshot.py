@@ -325,3 +325,29 @@ def test_damaged_tiles_get_no_score_and_no_vote(cohort, enc):
     assert list(slides.obs[K.N_TILES]) == [45, 48, 0]
     assert list(slides.obs["zs"].astype(str)[:2]) == ["red", "green"]
     assert slides.obs["zs"].isna().iloc[2] and np.isnan(slides.X[2]).all()
+
+
+def test_cli_rerun_on_a_glob_with_the_slide_table_and_an_empty_table(
+    synthetic_slide, tmp_path, capsys
+):
+    """`mmpath zeroshot out/*.h5ad` twice: the run's own zs_slides.h5ad and an empty table
+    (a slide without tissue) are reported in one line each, never a traceback."""
+    from mmpath.cli import main
+
+    tiles = mm.pp.tile(synthetic_slide, 64, mpp=4.0, min_tissue=0.5)
+    a = mm.io.write_h5ad(tiles, tmp_path / "a.h5ad")
+    mm.io.write_h5ad(tiles[:0].copy(), tmp_path / "empty.h5ad")
+    base = ["-q", "zeroshot", "--encoder", "tiny_clip", "--classes", "a;b"]
+    assert main([*base, str(a), str(tmp_path / "empty.h5ad")]) == 0  # empty: skipped, no fail
+    assert "empty; skipped" in capsys.readouterr().out
+    assert (tmp_path / "zs_slides.h5ad").exists()
+    tables = sorted(map(str, tmp_path.glob("*.h5ad")))
+    assert main([*base, *tables]) == 2
+    for verb in (["embed", "--encoder", "tiny_vit", "--num-workers", "0"], ["index", "build"]):
+        extra = ["--use-rep", "X_tiny_clip_proj", "-o", str(tmp_path / "x.idx")]
+        args = ["-q", *verb, *tables, *(extra if verb[0] == "index" else [])]
+        assert main(args) == 2
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("zs_slides.h5ad") >= 3 and "is a slide table" in text
+    assert "Traceback" not in text
