@@ -25,3 +25,14 @@ def slide_mpp_arg(parser) -> None:
         default=None,
         help="level-0 µm/px of the slides, overriding (or replacing missing) metadata",
     )
+
+
+def skip_slide_table(adata, path) -> bool:
+    """True (with a warning) for a slide table that a glob such as ``tiles/*.h5ad`` picked up
+    next to the tile tables (``zs_slides.h5ad``): batch verbs skip it instead of failing."""
+    from mmpath.io import _prov
+
+    if not _prov.is_slide_table(adata):
+        return False
+    print(f"mmpath: warning: {path}: a slide table (one row per slide), not a tile table; skipped")
+    return True

@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import progress, summary
+from mmpath.cli._common import progress, skip_slide_table, summary
 from mmpath.errors import ConfigError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
     from mmpath.tl.embed import _weights_id, embedding_key
 
     adata = io.read_h5ad(path)
+    if skip_slide_table(adata, path):
+        return "not tiles", 0
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)
     if not args.overwrite and _done(adata, key, encoder.info.name, weights):
@@ -125,7 +127,7 @@ def cmd_embed(args) -> int:
         n_tiles += n
         if status == "skipped":
             n_skipped += 1
-        else:
+        elif status == "done":
             n_done += 1
     summary(
         args,

@@ -64,6 +64,11 @@ def tiling(adata, slide_id: str) -> dict[str, Any]:
     return rec[K.UNS_TILING]
 
 
+def is_slide_table(adata) -> bool:
+    """A slide table (one row per slide, ``n_tiles`` in obs) rather than a tile table."""
+    return K.N_TILES in adata.obs and not all(c in adata.obs for c in (K.SLIDE_ID, K.X, K.Y))
+
+
 def require_tile_table(adata, what: str = "the table") -> None:
     """A :class:`DataError` unless ``adata`` has the tile columns (``slide_id``, ``x``, ``y``).
 
@@ -73,7 +78,7 @@ def require_tile_table(adata, what: str = "the table") -> None:
     missing = [c for c in (K.SLIDE_ID, K.X, K.Y) if c not in adata.obs]
     if not missing:
         return
-    if K.N_TILES in adata.obs:
+    if is_slide_table(adata):
         kind = "a slide table (one row per slide), not a tile table"
     else:
         kind = f"not an mmpath tile table (no obs{missing})"
