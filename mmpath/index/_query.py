@@ -50,8 +50,8 @@ def text_vectors(idx, texts: Sequence[str], *, encoder=None) -> tuple[np.ndarray
             f"the index holds {idx.embedding_key} (image features), not a joint image-text "
             f"space; for text search build it with use_rep='{idx.embedding_key}{K.PROJ_SUFFIX}'"
         )
-    if not texts:
-        raise IndexError_("no query text given")
+    if not texts or any(not str(t).strip() for t in texts):
+        raise IndexError_("a query text is empty; describe what to find, e.g. 'necrosis'")
     enc = resolve_encoder(idx, encoder)
     if not enc.info.has_text:
         raise ModelError(f"encoder {enc.info.name!r} has no text tower")

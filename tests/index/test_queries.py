@@ -75,6 +75,9 @@ def test_text_search_refusals(colour_table, colour_clip):
     idx = mm.index.build(t, use_rep="X_colour_clip_proj")
     with pytest.raises(IndexError_, match="encoder 'other'"):
         idx.search_text("red", k=3, encoder=colour_clip("other"))
+    for empty in ("", "  ", []):
+        with pytest.raises(IndexError_, match="query text is empty"):
+            idx.search_text(empty, k=3, encoder=enc)
 
 
 def test_image_search_by_array_file_and_pil(colour_table, tmp_path):
