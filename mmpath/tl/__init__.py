@@ -9,7 +9,7 @@ Example
 from mmpath.tl._splits import cv_groups, group_kfold
 from mmpath.tl.aggregate import aggregate
 from mmpath.tl.anomaly import anomaly, anomaly_knn
-from mmpath.tl.embed import SlideEmbedding, embed, embed_slide, embed_text
+from mmpath.tl.embed import SlideEmbedding, embed, embed_slide
 from mmpath.tl.expression import (
     ExpressionModel,
     evaluate_expression,
@@ -22,6 +22,7 @@ from mmpath.tl.probe import linear_probe
 from mmpath.tl.seg_baselines import baseline_segment
 from mmpath.tl.seg_metrics import anomaly_metrics, dice_jaccard
 from mmpath.tl.segment import SegmentationResult, area_table, segment, segment_slide
+from mmpath.tl.text import embed_text
 from mmpath.tl.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zero_shot
 
 __all__ = [

@@ -175,7 +175,7 @@ def class_embeddings(
     -------
     >>> W = class_embeddings(["tumor", "stroma"], "conch")
     """
-    from mmpath.tl.embed import embed_text
+    from mmpath.tl.text import embed_text
 
     enc = _text_encoder(encoder)
     prompts = _class_prompts(classes)
