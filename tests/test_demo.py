@@ -18,3 +18,6 @@ def test_demo_end_to_end(tmp_path, capsys, testdata, monkeypatch):
     assert len(re.findall(r"<img ", report)) >= 1
     assert (out / "tiles.h5ad").exists()
     assert "demo report:" in capsys.readouterr().out
+    # `make demo` twice in a row: the second run replaces the first's outputs
+    assert main(["-q", "demo", "-o", str(out)]) == 0
+    assert "class='failed'" not in (out / "report.html").read_text(encoding="utf-8")

@@ -18,6 +18,16 @@ def summary(args, text: str) -> None:
     print(text)
 
 
+def remap_arg(parser) -> None:
+    parser.add_argument(
+        "--remap",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rewrite slide paths starting with OLD to NEW (repeatable), for moved slides",
+    )
+
+
 def slide_mpp_arg(parser) -> None:
     parser.add_argument(
         "--slide-mpp",

@@ -12,7 +12,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from mmpath.cli._common import slide_mpp_arg, summary
+from mmpath.cli._common import remap_arg, slide_mpp_arg, summary
 from mmpath.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def register(sub) -> None:
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--num-workers", type=int, default=0)
     q.add_argument("-o", "--out", required=True, help="output .h5ad (tiles x genes)")
+    remap_arg(q)
     q.set_defaults(func=cmd_predict)
 
 
@@ -99,7 +100,10 @@ def parse_params(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--param {item!r}: the value is not valid YAML; quote it") from None
     return out
 
 
@@ -143,23 +147,45 @@ def _tile_mpp(args) -> float | None:
     return create_encoder(args.encoder, device="meta", pretrained=False).info.data.mpp
 
 
+def _distinct_slide_ids(paths: list[str]) -> list[str | None]:
+    """``None`` (the file stem) unless stems repeat, as every Space Ranger sample's ``he.tif``
+    would: then ``<parent folder>_<stem>``, or ``<stem>_<n>`` when that repeats too."""
+    stems = [Path(p).name.split(".")[0] for p in paths]
+    if len(set(stems)) == len(stems):
+        return [None] * len(paths)
+    ids = [f"{Path(p).absolute().parent.name}_{s}" for p, s in zip(paths, stems, strict=True)]
+    if len(set(ids)) < len(ids):
+        ids = [f"{s}_{i}" for i, s in enumerate(stems, 1)]
+    log.info("slides share a file name: slide ids %s", ", ".join(ids))
+    return ids
+
+
 def cmd_fit(args) -> int:
     from mmpath import io, pp, tl
 
     if len(args.st) != len(args.slide):
         raise ConfigError(f"{len(args.st)} --st but {len(args.slide)} --slide: pair them")
+    for flag, value in (("--mpp", args.mpp), ("--slide-mpp", args.slide_mpp)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{flag} must be a positive number of µm/px, got {value}")
+    from mmpath.io._atomic import check_replaceable
+    from mmpath.tl.expression._model import CONFIG_FILE, GENES_FILE, WEIGHTS_FILE
+
+    # Before minutes of embedding and cross-validation, not after them.
+    check_replaceable(args.out, (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE), "expression model")
     params = parse_params(args.param)
+    genomic = _read_genomic(args.genomic)  # a missing file fails before the embedding
     mpp = _tile_mpp(args)
     tables, key = [], None
-    for st_path, slide_path in zip(args.st, args.slide, strict=True):
+    ids = _distinct_slide_ids(args.slide)
+    for st_path, slide_path, sid in zip(args.st, args.slide, ids, strict=True):
         st = io.read_visium(st_path)
-        with io.open_slide(slide_path, mpp=args.slide_mpp) as slide:
+        with io.open_slide(slide_path, mpp=args.slide_mpp, slide_id=sid) as slide:
             spots = pp.spot_tiles(st, slide, diameter_um=args.diameter_um, mpp=mpp)
             key = _embed(spots, slide, args, args.encoder)
         tables.append(spots)
         log.info("%s: %d spots", slide_path, spots.n_obs)
     spots = io.concat(tables) if len(tables) > 1 else tables[0]
-    genomic = _read_genomic(args.genomic)
     kw = {
         "method": args.method,
         "use_rep": key,
@@ -196,11 +222,20 @@ def cmd_predict(args) -> int:
     from mmpath.tl.expression import ExpressionModel
 
     model = ExpressionModel.load(args.model)
+    unknown = [g for g in args.heatmap if g not in set(model.genes)]
+    if unknown:  # before the (long) embedding, not after it
+        shown = ", ".join(model.genes[:10]) + (" ..." if len(model.genes) > 10 else "")
+        raise ConfigError(
+            f"--heatmap {unknown[0]!r} is not a gene the model predicts; pick one of: {shown}"
+        )
+    from mmpath.cli.embed import parse_remap
+
+    remap = parse_remap(args.remap)
     tiles = io.read_h5ad(args.table)
     if model.use_rep not in tiles.obsm:
         log.info("embedding %d tiles (%s)", tiles.n_obs, model.encoder)
         if model.encoder == "morphology":
-            tl.morphology_features(tiles, key_added=model.use_rep)
+            tl.morphology_features(tiles, key_added=model.use_rep, remap=remap)
         elif model.encoder:
             tl.embed(
                 tiles,
@@ -208,11 +243,13 @@ def cmd_predict(args) -> int:
                 batch_size=args.batch_size,
                 num_workers=args.num_workers,
                 key_added=model.use_rep,
+                remap=remap,
             )
     pred = tl.predict_expression(tiles, model, genomic=_read_genomic(args.genomic))
     out = io.write_h5ad(pred, args.out)
+    slide = io.open_slide_from(pred, remap=remap) if remap and args.heatmap else None
     for gene in args.heatmap:
         png = Path(out).with_name(f"{Path(out).stem}_{gene}.png")
-        pl.tiles(pred, color=gene, save=png, title=f"predicted {gene}")
+        pl.tiles(pred, slide, color=gene, save=png, title=f"predicted {gene}")
     summary(args, f"predicted {pred.n_vars} genes for {pred.n_obs} tiles -> {out}")
     return 0

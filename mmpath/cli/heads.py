@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, slide_mpp_arg, summary
+from mmpath.cli._common import progress, remap_arg, slide_mpp_arg, summary
 from mmpath.errors import DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def register(sub) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     slide_mpp_arg(p)
+    remap_arg(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("anomaly", help="score tiles with a VAE (or kNN on embeddings)")
@@ -47,6 +48,7 @@ def register(sub) -> None:
     )
     p.add_argument("--no-heatmap", action="store_true", help="skip the heatmap PNGs")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    remap_arg(p)
     p.set_defaults(func=cmd_anomaly)
 
 
@@ -67,10 +69,12 @@ def cmd_segment(args) -> int:
     import pandas as pd
 
     from mmpath import io, tl
+    from mmpath.cli.embed import parse_remap
     from mmpath.tl.segment import load_head
 
     head = load_head(args.model, "seg")
     formats = _formats(args.formats)
+    remap = parse_remap(args.remap)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
@@ -88,6 +92,7 @@ def cmd_segment(args) -> int:
                     device=args.device,
                     out_dir=out,
                     formats=formats,
+                    remap=remap,
                 )
                 io.write_h5ad(table, out / Path(path).name)
                 slides = tl.area_table(table)
@@ -127,6 +132,8 @@ def cmd_segment(args) -> int:
 
 
 def cmd_anomaly(args) -> int:
+    import numpy as np
+
     from mmpath import io, pl, tl
     from mmpath.io import _prov
 
@@ -138,29 +145,43 @@ def cmd_anomaly(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    from mmpath.cli.embed import parse_remap
+
+    remap = parse_remap(args.remap)
     key = "anomaly" if head is not None else "anomaly_knn"
     results = {}
     for path in progress(args.tables, args, desc="anomaly", unit="table"):
         p = Path(path)
         folder = out if out is not None else p.parent
         table = io.read_h5ad(p)
+        if args.label:  # check the labels before the (long) scoring, not after it
+            if args.label not in table.obs:
+                raise DataError(f"{p.name}: obs has no column {args.label!r} (--label)")
+            try:
+                tl.anomaly_metrics(np.zeros(table.n_obs), table.obs[args.label])
+            except DataError as err:
+                raise DataError(f"{p.name}: --label {args.label!r}: {err}") from None
         if head is not None:
             tl.anomaly(
-                table, head, device=args.device, error_maps=folder / f"{p.stem}.error_maps.npz"
+                table,
+                head,
+                device=args.device,
+                error_maps=folder / f"{p.stem}.error_maps.npz",
+                remap=remap,
             )
         else:
             tl.anomaly_knn(table, use_rep=args.use_rep, normal=args.normal)
         score = f"{key}_score"
         if args.label:
-            if args.label not in table.obs:
-                raise DataError(f"{p.name}: obs has no column {args.label!r}")
             results[p.name] = tl.anomaly_metrics(table.obs[score], table.obs[args.label])
         io.write_h5ad(table, folder / p.name)
         if not args.no_heatmap:
             for sid in _prov.slide_ids(table):
                 try:
+                    slide = io.open_slide_from(table, sid, remap=remap) if remap else None
                     pl.tiles(
                         table,
+                        slide,
                         color=score,
                         slide_id=sid,
                         cmap="magma",

@@ -13,6 +13,7 @@ scores), not a tissue model:
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 
@@ -57,6 +58,7 @@ def _train(task: str, out, overrides: list[str]):
     from mmpath.config import load_config
     from mmpath.train import fit, get_task
 
+    shutil.rmtree(out, ignore_errors=True)  # each demo run trains afresh (a re-run must work)
     spec = get_task(task)
     common = [f"out={out}", "train.quiet=true", "train.device=cpu", "train.val_every_epochs=0"]
     return fit(spec.build, load_config(spec.config, None, [*common, *overrides]))

@@ -49,6 +49,27 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         _remove(tmp)
 
 
+def check_replaceable(target: str | os.PathLike[str], markers: tuple[str, ...], what: str) -> None:
+    """Refuse to replace ``target`` as a whole unless it is empty or already a ``what`` folder.
+
+    Saving a model folder swaps the whole directory (:func:`atomic_path`), so pointing it at a
+    run folder, a data folder or ``.`` would delete everything there. A folder counts as a
+    ``what`` folder when it holds every file in ``markers``.
+    """
+    from mmpath.errors import ConfigError
+
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{str(target)!r} is a file; pass a folder to save the {what} into")
+    complete = all((target / m).is_file() for m in markers)
+    if target.is_dir() and any(target.iterdir()) and not complete:
+        raise ConfigError(
+            f"{str(target)!r} already holds files and is not a saved {what} (no "
+            f"{', '.join(markers)}); saving replaces the whole folder, so choose a new or "
+            "empty one"
+        )
+
+
 def _default_permissions(path: Path) -> None:
     """Give outputs the user's usual permissions: some writers (safetensors, tempfile) create
     0600 files, which a lab sharing a results folder could not read."""

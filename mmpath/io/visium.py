@@ -138,8 +138,7 @@ def _read_folder_direct(path: Path, count_file: str):
     if pos_file.suffix == ".parquet":
         pos = pd.read_parquet(pos_file).set_index("barcode")
     else:
-        header = 0 if pos_file.name == "tissue_positions.csv" else None
-        pos = pd.read_csv(pos_file, header=header, index_col=0)
+        pos = pd.read_csv(pos_file, header=_csv_header(pos_file), index_col=0)
     pos = pos.iloc[:, :5]
     pos.columns = _POSITION_COLUMNS
     missing = st.obs_names.difference(pos.index)
@@ -164,6 +163,21 @@ def _read_folder_direct(path: Path, count_file: str):
         path.name or "visium": {"scalefactors": scalef, "images": images, "metadata": {}}
     }
     return st
+
+
+def _csv_header(pos_file: Path) -> int | None:
+    """0 when the positions CSV starts with a header row, else None.
+
+    Space Ranger 1.x writes ``tissue_positions_list.csv`` without one and 2.x
+    ``tissue_positions.csv`` with one, but renamed or re-exported files mix the two: look.
+    """
+    with open(pos_file, encoding="utf-8", errors="replace") as fh:
+        fields = fh.readline().strip().split(",")
+    try:
+        float(fields[1])  # in_tissue: a number on a data row, a column name on a header
+    except (IndexError, ValueError):
+        return 0
+    return None
 
 
 def _read_scalefactors(file: Path) -> dict[str, Any]:

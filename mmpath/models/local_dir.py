@@ -41,7 +41,7 @@ import yaml
 from mmpath._version import __version__
 from mmpath.config import from_dict, to_dict
 from mmpath.errors import ConfigError, WeightsError
-from mmpath.io._atomic import atomic_path
+from mmpath.io._atomic import atomic_path, check_replaceable
 from mmpath.models.base import Encoder, EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def save_encoder(
     encoder
         Any encoder built by the registry (including trained pairs and LiT models).
     folder
-        Target folder; replaced as a whole if it exists.
+        Target folder; replaced as a whole if it is an existing model folder (any other
+        non-empty folder is refused).
     name
         Registry-style name stored in ``info`` (sets the ``X_<slug>`` key of embeddings);
         defaults to the encoder's current name.
@@ -114,6 +115,7 @@ def save_encoder(
     >>> save_encoder(enc, "runs/clip/model", name="demo_clip")  # doctest: +SKIP
     """
     folder = Path(folder)
+    check_replaceable(folder, (CONFIG_NAME,), "model")
     info = encoder.info
     if name is not None:
         info = dataclasses.replace(info, name=name, slug=name)

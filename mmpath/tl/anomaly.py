@@ -41,6 +41,7 @@ def anomaly(
     device: str = "cpu",
     num_workers: int = 0,
     error_maps: str | os.PathLike[str] | None = None,
+    remap=None,
 ) -> None:
     """Score every tile with a VAE trained on normal tiles (in place).
 
@@ -59,6 +60,8 @@ def anomaly(
     error_maps
         Write the per-pixel error maps to this ``.npz`` (``maps`` (n, S, S) float16,
         ``obs_names``).
+    remap
+        Slide path remap for moved archives (see :func:`mmpath.io.open_slide_from`).
 
     Example
     -------
@@ -79,7 +82,7 @@ def anomaly(
     nll = np.zeros(n, np.float32)
     maps = np.zeros((n, S, S), np.float16) if error_maps is not None else None
     for idx, batch in iter_tiles(
-        adata, batch_size=batch_size, slide=slide, num_workers=num_workers
+        adata, batch_size=batch_size, slide=slide, num_workers=num_workers, remap=remap
     ):
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
         if x.shape[-1] != S:
@@ -176,6 +179,10 @@ def anomaly_knn(
             f"{', '.join(adata.obsm.keys()) or 'none'})"
         )
     X = np.ascontiguousarray(np.asarray(adata.obsm[use_rep], np.float32))
+    if X.ndim != 2 or not np.isfinite(X).all():
+        raise DataError(
+            f"obsm[{use_rep!r}] has NaN/inf values (or is not 2-D); re-embed or drop those tiles"
+        )
     is_bank = _normal_mask(adata, normal)
     bank_idx = np.flatnonzero(is_bank)
     if coreset is not None:

@@ -160,7 +160,7 @@ class _Reader:
                 plan = plan_read(slide, probe, mpp=mpp)
                 break
             except SlideError:
-                if probe <= 8:
+                if probe <= 1:  # a slide thinner than a tile: predictions are padded
                     raise
                 probe //= 2
         self.level = plan["level"]
@@ -242,6 +242,11 @@ def segment_slide(
     >>> res = mm.tl.segment_slide(slide, "runs/seg1", mask_mpp=4.0)
     >>> res.save("seg/", formats=("png", "geojson"))
     """
+    for name, value in (("mpp", mpp), ("mask_mpp", mask_mpp)):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise DataError(f"{name} must be a positive number of µm/px, got {value}")
+    if int(batch_size) < 1:
+        raise DataError(f"batch_size must be >= 1 tile, got {batch_size}")
     head = load_head(model, "seg")
     T = int(head.tile_size)
     if mpp is None and head.mpp is not None and slide.mpp is not None:
@@ -354,6 +359,7 @@ def segment(
     out_dir: str | os.PathLike[str] | None = None,
     formats: Sequence[str] = ("png", "geojson"),
     progress: bool = False,
+    remap=None,
 ) -> None:
     """Segment every slide of a tile table; write per-tile fractions and per-slide areas.
 
@@ -373,6 +379,8 @@ def segment(
         Write ``<slide_id>.<key>.png`` / ``.tif`` / ``.geojson`` here (``formats``).
     progress
         Show a progress bar.
+    remap
+        Slide path remap for moved archives (see :func:`mmpath.io.open_slide_from`).
 
     Example
     -------
@@ -388,7 +396,7 @@ def segment(
     record: dict[str, Any] = {"model": head.path or head.name, "slides": {}}
     fracs: dict[str, np.ndarray] = {}
     for sid in ids:
-        s = slide if slide is not None else open_slide_from(adata, sid)
+        s = slide if slide is not None else open_slide_from(adata, sid, remap=remap)
         res = segment_slide(
             s,
             head,

@@ -88,7 +88,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def load_trainable(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load :func:`trainable_state` back; anything else missing must be a frozen parameter."""
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches are raised even with strict=False
+        first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), err)
+        raise ConfigError(
+            f"the checkpoint does not match this run's model ({first}); resume with the "
+            "config it was written with"
+        ) from None
     missing = sorted(set(result.missing_keys) - frozen)
     if missing or result.unexpected_keys:
         raise ConfigError(

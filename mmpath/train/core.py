@@ -306,9 +306,6 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
     device = env.device
     precision = _precision(tc, device)
     module = task.module.to(device)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / CONFIG)
 
     dataset = task.train_dataset()
     n = len(dataset)
@@ -334,6 +331,13 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
     step, losses, val_history = 0, [], []
     if resume:
         state = ckpt.load_checkpoint(ckpt_file)
+        kind = state.get("config_type")
+        if kind and kind != type(cfg).__name__:
+            raise ConfigError(
+                f"{str(out)!r} holds a run of another task ({kind}, not "
+                f"{type(cfg).__name__}); resume it with its own task (see its config.yaml) "
+                "or choose another out folder"
+            )
         ckpt.load_trainable(module, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -351,6 +355,9 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
         log.info("resumed %s at step %d/%d", out, step, total)
+    if env.is_main:  # only now: a refused resume must leave the run's own config.yaml alone
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / CONFIG)
     metrics = _MetricsLog(out / METRICS, env, keep_until=step if resume else None)
 
     wrapped: nn.Module = module
@@ -392,6 +399,7 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
                     "val": list(val_history),
                     "rng": rngs,
                     "config": to_dict(cfg),
+                    "config_type": type(cfg).__name__,
                 },
             )
         barrier(env)

@@ -99,3 +99,51 @@ def test_folder_spots_outside_the_wrong_image_and_hires_scaling(squidpy):
     spots = mm.pp.spot_tiles(st, hires, scale="hires")
     np.testing.assert_allclose(spots.obs[K.SPOT_X], st.obsm[K.SPATIAL][:, 0] * 0.150015)
     assert mm.io.read_tiles(hires, spots[:2]).shape[1] == round(55 / hires.mpp)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"tissue_hires_scalef": 0.15}', "no positive spot_diameter_fullres"),
+        ('{"spot_diameter_fullres": 0}', "no positive spot_diameter_fullres"),
+        ("[1, 2]", "no positive spot_diameter_fullres"),
+    ],
+)
+def test_broken_scalefactors_file_is_a_clear_error(squidpy, tmp_path, content, match):
+    folder = tmp_path / "outs"
+    shutil.copytree(squidpy, folder, ignore=shutil.ignore_patterns("*.h5ad", "*.jpg"))
+    (folder / "spatial" / "scalefactors_json.json").write_text(content)
+    with pytest.raises(DataError, match=match):
+        mm.io.read_visium(folder)
+
+
+def test_h5ad_scalefactors_with_notes_or_a_zero_diameter(squidpy, tmp_path):
+    st = mm.io.read_visium(squidpy / "test_data.h5ad")
+    lib = mm.io.spot_scalefactors(st)["library_id"]
+    st.uns["spatial"][lib]["scalefactors"]["note"] = "exported by hand"
+    sf = mm.io.spot_scalefactors(st)  # non-numbers are ignored, not a ValueError
+    assert "note" not in sf and sf["spot_diameter_fullres"] > 0
+    st.uns["spatial"][lib]["scalefactors"]["spot_diameter_fullres"] = 0.0
+    path = tmp_path / "zero.h5ad"
+    st.write_h5ad(path)
+    with pytest.raises(DataError, match="must be a positive number"):
+        mm.io.read_visium(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [("tissue_positions.csv", False), ("tissue_positions_list.csv", True)],
+)
+def test_positions_file_whose_header_does_not_match_its_name(squidpy, tmp_path, name, header):
+    ref = mm.io.read_visium(squidpy)
+    folder = tmp_path / "outs"
+    shutil.copytree(squidpy, folder, ignore=shutil.ignore_patterns("*.png", "*.h5ad", "*.jpg"))
+    pos = _positions(folder)
+    pos.index.name = "barcode"
+    pos.columns = ["in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fr"]
+    (folder / "spatial" / "tissue_positions_list.csv").unlink()
+    pos.to_csv(folder / "spatial" / name, header=header)  # re-exported or renamed by hand
+    st = mm.io.read_visium(folder)
+    assert st.n_obs == ref.n_obs
+    np.testing.assert_array_equal(st.obsm[K.SPATIAL], ref.obsm[K.SPATIAL])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from mmpath.errors import ModelError
+from mmpath.errors import ConfigError, ModelError
 from mmpath.models.heads import (
     DiceCELoss,
     TrainedHead,
@@ -195,3 +195,8 @@ def test_model_folder_round_trip_and_wrong_kind(tmp_path, encoder):
         load_trained_head(enc_dir, kind="seg")
     with pytest.raises(ModelError, match="does not exist"):
         load_trained_head(tmp_path / "nope", kind="seg")
+    # saving replaces a folder as a whole: never one holding something else (a run, data)
+    with pytest.raises(ConfigError, match="not a saved trained head"):
+        save_trained_head(TrainedHead("anomaly", vae, (), 16), tmp_path / "run")
+    assert (tmp_path / "run" / "model" / "head.yaml").is_file()
+    save_trained_head(TrainedHead("anomaly", vae, (), 16), tmp_path / "run" / "model")  # update

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmpath.models as M
-from mmpath.errors import ModelError, WeightsError
+from mmpath.errors import ConfigError, ModelError, WeightsError
 from mmpath.models.registry import encoders, register_encoder
 from mmpath.models.weights import WeightsSpec
 
@@ -178,6 +178,10 @@ def test_save_encoder_round_trip_tiny_clip(tmp_path):
         tok = enc.tokenize(["tumor"])
         assert torch.equal(back.encode_text(tok), enc.encode_text(tok))
     assert not list(tmp_path.glob(".clip.tmp-*"))  # atomic: no temporary left
+    M.save_encoder(enc, folder)  # a model folder is replaced; any other folder is refused
+    with pytest.raises(ConfigError, match="not a saved model"):
+        M.save_encoder(enc, tmp_path)
+    assert (folder / "config.yaml").is_file()
 
 
 def test_save_encoder_round_trip_lit_with_minilm(tmp_path, minilm):

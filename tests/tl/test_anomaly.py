@@ -164,3 +164,50 @@ def test_cli_anomaly_knn_with_labels(tmp_path, capsys):
     assert "AUROC 1.000" in capsys.readouterr().out
     back = mm.io.read_h5ad(tmp_path / "t.h5ad")
     assert "anomaly_knn_score" in back.obs
+
+
+def test_knn_refuses_nan_embeddings():
+    t = _embedded_table()
+    t.obsm["X_enc"][3, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        mm.tl.anomaly_knn(t, use_rep="X_enc", normal="is_normal")
+    assert "anomaly_knn_score" not in t.obs
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [(["tumour", "normal"], "must be 0/1"), ([1, 1], "both normal and anomalous")],
+)
+def test_cli_anomaly_checks_labels_before_scoring(tmp_path, capsys, labels, match):
+    from mmpath.cli import main
+
+    t = _embedded_table()
+    t.obs["lab"] = np.resize(np.asarray(labels), t.n_obs)
+    mm.io.write_h5ad(t, tmp_path / "t.h5ad")
+    out = tmp_path / "out"
+    argv = ["-q", "anomaly", str(tmp_path / "t.h5ad"), "--use-rep", "X_enc", "--label", "lab"]
+    assert main([*argv, "--no-heatmap", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--label 'lab'" in err and match in err and "\n" not in err
+    assert not list(out.iterdir())  # nothing scored, nothing written
+
+
+def test_cli_anomaly_remaps_moved_slides(tmp_path, trained_vae, capsys):
+    from PIL import Image
+
+    from mmpath.cli import main
+
+    tiles_img, _ = make_anomaly_tiles(4, 32, anomalous=0.5, seed=5)
+    (tmp_path / "old").mkdir()
+    Image.fromarray(np.concatenate(list(tiles_img), 1)).save(tmp_path / "old" / "m.png")
+    tiles = mm.pp.tile(mm.io.open_slide(tmp_path / "old" / "m.png", mpp=0.5), 32, min_tissue=0)
+    mm.io.write_h5ad(tiles, tmp_path / "t.h5ad")
+    (tmp_path / "old").rename(tmp_path / "new")  # the archive moved after tiling
+    argv = ["-q", "anomaly", str(tmp_path / "t.h5ad"), "--model", str(trained_vae.run_dir)]
+    assert main([*argv, "-o", str(tmp_path / "a")]) == 2
+    assert "--remap OLD=NEW" in capsys.readouterr().err
+    remap = f"{tmp_path / 'old'}={tmp_path / 'new'}"
+    assert main([*argv, "-o", str(tmp_path / "b"), "--remap", remap]) == 0
+    scored = mm.io.read_h5ad(tmp_path / "b" / "t.h5ad")
+    assert scored.obs["anomaly_score"].notna().all() and (scored.obs["anomaly_score"] > 0).all()
+    assert (tmp_path / "b" / "m.anomaly.png").is_file()  # the heatmap found the slide too

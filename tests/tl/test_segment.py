@@ -412,3 +412,18 @@ def test_training_pairs_from_slide_annotations(tmp_path):
     )
     ti, tm, vi, _, names = _seg_data(cfg, 0)
     assert names == ("background", "Tumor") and len(ti) == 4 and not vi
+
+
+def test_slide_thinner_than_a_small_tile_and_bad_arguments():
+    torch.manual_seed(0)
+    head = TrainedHead("seg", ConvNet().eval(), ("a", "b", "c"), tile_size=48)
+    thin = mm.io.ArraySlide(np.full((5, 200, 3), 200, np.uint8), mpp=0.5)  # 5 px < 8 px
+    res = mm.tl.segment_slide(thin, head)
+    assert res.mask.shape == (5, 200) and res.downsample == 1.0
+    for kwargs, match in (
+        ({"mask_mpp": 0.0}, "mask_mpp must be a positive"),
+        ({"mpp": -1.0}, "mpp must be a positive"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+    ):
+        with pytest.raises(DataError, match=match):
+            mm.tl.segment_slide(thin, head, **kwargs)

@@ -77,3 +77,48 @@ def test_cli_config_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("mmpath: error:") and "learning_rate" in err and "\n" not in err
     assert main(["train", "clip", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ("out: x\n- a\n", [], "not valid YAML: expected <block end>.*line 2"),
+        ("train: {epochs: 1}\n", ["train.lr=[1"], "train.lr=\\[1'.*not valid YAML"),
+        ("train: {epochs: 1}\n", ["train..lr=1"], "empty key part"),
+        ("train: {epochs: 1}\n", ["=1"], "empty key part"),
+    ],
+)
+def test_broken_yaml_and_overrides_are_one_line_errors(tmp_path, capsys, text, overrides, match):
+    import re
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    argv = ["train", "seg", "--config", str(cfg), "--out", str(tmp_path / "run")]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmpath: error:") and "\n" not in err and re.search(match, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_refused_resume_leaves_the_run_untouched(tmp_path, capsys):
+    run = tmp_path / "seg"
+    small = ["data.synthetic_n=24", "train.epochs=1", "train.batch_size=8", "train.quiet=true"]
+    argv = ["train", "seg", "--config", str(CONFIGS / "seg-tiny.yaml"), "--out", str(run)]
+    for item in small:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    # Another shape: one line naming the mismatch, not a torch traceback.
+    assert main([*argv, "--resume", "--set", "model.decoder_channels=16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "size mismatch" in err and "\n" not in err
+    # Another task in the same folder.
+    vae = ["train", "anomaly", "--config", str(CONFIGS / "vae-tiny.yaml"), "--out", str(run)]
+    assert main([*vae, "--resume", "--set", "train.quiet=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another task" in err and "\n" not in err
+    assert (run / "config.yaml").read_text() == before
+    assert main([*argv, "--resume"]) == 0  # the run itself still resumes

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from mmpath.errors import ModelError, WeightsError
-from mmpath.io._atomic import atomic_path
+from mmpath.io._atomic import atomic_path, check_replaceable
 
 __all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE", "KINDS"]
 
@@ -85,6 +85,7 @@ def save_trained_head(head: TrainedHead, folder: str | os.PathLike[str]) -> Path
     -------
     >>> save_trained_head(TrainedHead("seg", unet, ("bg", "tumour"), 64), "runs/seg1/model")
     """
+    check_replaceable(folder, (HEAD_FILE,), "trained head")
     with atomic_path(folder) as tmp:  # a crash never leaves new weights with an old head.yaml
         tmp.mkdir()
         _write_head(head, tmp)

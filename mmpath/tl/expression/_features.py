@@ -15,6 +15,7 @@ import logging
 import numpy as np
 
 from mmpath import _keys as K
+from mmpath.errors import DataError
 from mmpath.io import _prov
 from mmpath.io.slide import Slide
 
@@ -63,6 +64,7 @@ def morphology_features(
     key_added: str = MORPH_KEY,
     batch_size: int = 256,
     num_workers: int = 0,
+    remap=None,
 ) -> None:
     """Compute twelve colour/texture features per tile into ``obsm[key_added]`` (in place).
 
@@ -76,6 +78,8 @@ def morphology_features(
         obsm key (``X_morph``); usable as ``use_rep`` of :func:`fit_expression`.
     batch_size, num_workers
         Streaming of tile pixels (see :func:`mmpath.io.iter_tiles`).
+    remap
+        Slide path remap for moved archives (see :func:`mmpath.io.open_slide_from`).
 
     Example
     -------
@@ -86,8 +90,13 @@ def morphology_features(
 
     out = np.zeros((adata.n_obs, len(MORPH_FEATURES)), np.float32)
     for idx, batch in iter_tiles(
-        adata, batch_size=batch_size, num_workers=num_workers, slide=slide
+        adata, batch_size=batch_size, num_workers=num_workers, slide=slide, remap=remap
     ):
+        if min(batch.shape[1:3]) < 2:
+            raise DataError(
+                f"tiles of {batch.shape[2]}x{batch.shape[1]} px are too small for morphology "
+                "features (texture needs >= 2 px); tile at a finer mpp"
+            )
         out[idx] = _features(batch)
     adata.obsm[key_added] = out
     node = _prov.root(adata).setdefault(K.UNS_EMBEDDINGS, {})

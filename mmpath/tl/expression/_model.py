@@ -27,7 +27,7 @@ import numpy as np
 
 from mmpath._version import __version__
 from mmpath.errors import ConfigError, DataError
-from mmpath.io._atomic import atomic_path
+from mmpath.io._atomic import atomic_path, check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,35 @@ def resolve_params(method: str, fusion: str | None, params: dict | None) -> dict
         raise ConfigError(
             f"unknown parameter(s) {sorted(unknown)} for method {method!r}; known: {sorted(out)}"
         )
-    out.update(params or {})
+    for key, value in (params or {}).items():
+        out[key] = value if key == "seed" else _check_param(method, key, value, out[key])
     out.setdefault("seed", 0)
     return out
+
+
+def _check_param(method: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` of the default's type (a numeric string such as YAML's ``1e-3`` converts)."""
+    if key == "alpha" and value == "hest":
+        return value
+    want = float if isinstance(default, float) or key == "alpha" else int
+    if isinstance(value, str) and value.strip():
+        try:
+            value = want(float(value)) if want is int and float(value).is_integer() else want(value)
+        except ValueError:
+            raise ConfigError(
+                f"parameter {key}={value!r} of method {method!r} must be a positive number"
+            ) from None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and want is int:
+        ok = float(value).is_integer()
+    if not ok or not np.isfinite(value) or value < 0 or (value == 0 and key != "dropout"):
+        kind = "a positive integer" if want is int else "a positive number"
+        if key == "dropout":
+            kind = "a number in [0, 1)"
+        raise ConfigError(f"parameter {key}={value!r} of method {method!r} must be {kind}")
+    if key == "dropout" and value >= 1:
+        raise ConfigError(f"parameter dropout={value!r} of method {method!r} must be in [0, 1)")
+    return want(value)
 
 
 def _standardize(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +210,8 @@ class ExpressionModel:
         self.state = {
             "pca_mean": pca.mean_,
             "pca_components": pca.components_,
-            "coef": ridge.coef_,
+            # sklearn drops the target axis of a one-gene fit: keep (n_genes, n_features).
+            "coef": np.reshape(ridge.coef_, (Y.shape[1], -1)),
             "intercept": np.atleast_1d(ridge.intercept_),
         }
         if n_gen:
@@ -317,7 +344,8 @@ class ExpressionModel:
             z = (X[a : a + batch_size] - s["pca_mean"]) @ s["pca_components"].T
             if G is not None:
                 z = np.hstack([z, (G[a : a + batch_size] - s["gen_mean"]) / s["gen_scale"]])
-            out[a : a + batch_size] = z @ s["coef"].T + s["intercept"]
+            coef = s["coef"].reshape(len(self.genes), -1)
+            out[a : a + batch_size] = z @ coef.T + s["intercept"]
         return out
 
     def _predict_contrastive(self, module, x, batch_size):
@@ -352,6 +380,7 @@ class ExpressionModel:
         ``scores.csv``/``summary.csv``/``pearson.png`` inside the folder.
         """
         path = Path(path)
+        check_replaceable(path, (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE), "expression model")
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
             self.write_into(tmp, report=report)
@@ -377,7 +406,10 @@ class ExpressionModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        missing = [f for f in (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE) if not (path / f).exists()]
+        files = (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE)
+        if not (path / CONFIG_FILE).exists() and all((path / "model" / f).is_file() for f in files):
+            path = path / "model"  # a `mmpath train expr` run folder: its model/ sub-folder
+        missing = [f for f in files if not (path / f).exists()]
         if missing:
             raise DataError(
                 f"{str(path)!r} is not an expression model folder (missing {', '.join(missing)}); "

@@ -64,6 +64,10 @@ def normalized(
     elif normalize not in (True, False):
         raise DataError(f"normalize must be True, False or 'auto', got {normalize!r}")
     m = m.astype(np.float32)
+    if not np.isfinite(m.data if sp.issparse(m) else m).all():
+        raise DataError(
+            "the expression matrix holds NaN/inf values; drop or impute those spots/genes first"
+        )
     if not normalize:
         return m, False
     norm = sc.pp.normalize_total(_bare(m), target_sum=target_sum, inplace=False)["X"]
@@ -92,14 +96,19 @@ def parse_genes(spec) -> tuple[str, Any]:
             return head, n
         if head == "file" and tail:
             path = Path(tail).expanduser()
-            if not path.exists():
-                raise DataError(f"gene panel file {str(path)!r} does not exist")
+            if not path.is_file():
+                raise DataError(f"gene panel file {str(path)!r} does not exist (or is a folder)")
             names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+            if not names:
+                raise DataError(f"gene panel file {str(path)!r} is empty; one gene per line")
             return "panel", names
-        return "panel", [g.strip() for g in spec.split(",") if g.strip()]
-    names = [str(g) for g in spec]
+        names = [g.strip() for g in spec.split(",") if g.strip()]
+    else:
+        names = [str(g) for g in spec]
     if not names:
-        raise DataError("the gene panel is empty")
+        raise DataError(
+            f"the gene panel {spec!r} names no gene; pass hvg:N, top:K, all or gene names"
+        )
     return "panel", names
 
 
@@ -121,8 +130,10 @@ def select_genes(adata, spec, matrix) -> list[str]:
             raise DataError("the gene panel lists a gene twice")
         return list(value)
     n = min(value, len(names))
-    if value > len(names):
-        log.warning("asked for %d genes, the table has %d: using all", value, len(names))
+    if value >= len(names):
+        if value > len(names):
+            log.warning("asked for %d genes, the table has %d: using all", value, len(names))
+        return names.tolist()
     if kind == "top":
         means = np.asarray(matrix.mean(axis=0)).ravel()
         order = np.argsort(-means, kind="stable")[:n]
@@ -131,8 +142,19 @@ def select_genes(adata, spec, matrix) -> list[str]:
 
     tmp = _bare(matrix)
     tmp.var_names = names
-    sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat")
-    disp = tmp.var["dispersions_norm"].fillna(-np.inf).to_numpy()
+    # Rank by the normalised dispersion ourselves: scanpy's n_top_genes cut-off fails
+    # (IndexError) when no gene has a finite dispersion, e.g. all-zero genes.
+    sc.pp.highly_variable_genes(tmp, flavor="seurat")
+    disp = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
+    n_var = int(np.isfinite(disp).sum())
+    if n_var == 0:
+        raise DataError(
+            f"no gene varies across the {adata.n_obs} spots, so hvg:{value} cannot rank them; "
+            "check the expression matrix (all zero?) or pass a gene panel"
+        )
+    if n_var < n:
+        log.warning("only %d of the genes vary across spots; hvg:%d pads with others", n_var, n)
+    disp = np.where(np.isfinite(disp), disp, -np.inf)
     order = np.argsort(-disp, kind="stable")[:n]
     return names[np.sort(order)].tolist()
 
@@ -146,6 +168,8 @@ def prepare_targets(
     target_sum: float = DEFAULT_TARGET_SUM,
 ) -> tuple[np.ndarray, dict]:
     """Dense float32 targets ``(n_obs, n_genes)`` and the spec that reproduces them."""
+    if adata.n_vars == 0:
+        raise DataError("the table has no genes (n_vars == 0); read the counts with the spots")
     matrix, applied = normalized(adata, layer=layer, normalize=normalize, target_sum=target_sum)
     chosen = select_genes(adata, genes, matrix)
     idx = adata.var_names.get_indexer(chosen)
