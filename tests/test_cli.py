@@ -45,8 +45,9 @@ def test_tile_batch_continues_past_a_bad_slide(tmp_path, synthetic_slide_path, c
         ]
     )
     assert rc == 2
-    text = capsys.readouterr().out
-    assert "corrupt.svs" in text and "tiled 1/2 slide(s)" in text and "1 failed" in text
+    cap = capsys.readouterr()
+    assert "corrupt.svs" in cap.err  # per-slide errors on stderr, the summary on stdout
+    assert "tiled 1/2 slide(s)" in cap.out and "1 failed" in cap.out
     table = io.read_h5ad(out_dir / f"{synthetic_slide_path.stem}.h5ad")
     assert table.n_obs > 0
     assert (out_dir / f"{synthetic_slide_path.stem}.png").exists()
@@ -71,7 +72,7 @@ def test_tile_batch_continues_past_a_bad_slide(tmp_path, synthetic_slide_path, c
 def test_tile_reports_bad_request(synthetic_slide_path, tmp_path, capsys):
     rc = main(["tile", str(synthetic_slide_path), "-o", str(tmp_path), "--size", "99999"])
     assert rc == 2
-    assert "larger than" in capsys.readouterr().out
+    assert "larger than" in capsys.readouterr().err
 
 
 def test_debug_reraises(tmp_path):
@@ -112,9 +113,9 @@ def test_tile_refuses_two_slides_with_one_stem(tmp_path, capsys):
     out = tmp_path / "out"
     base = ["-q", "tile", "-o", str(out), "--slide-mpp", "0.5", "--size", "64"]
     assert main([*base, str(a), str(b)]) == 2
-    text = capsys.readouterr().out
-    assert "tiled 1/2" in text and "also the id of" in text
+    cap = capsys.readouterr()
+    assert "tiled 1/2" in cap.out and "also the id of" in cap.err
     # a later run with the other file is not silently "resumed" from the first one's table
     assert main([*base, str(b)]) == 2
-    assert "already holds slide 's'" in capsys.readouterr().out
+    assert "already holds slide 's'" in capsys.readouterr().err
     assert io.read_h5ad(out / "s.h5ad").uns["mmpath"]["slides"]["s"]["path"] == str(a)

@@ -44,5 +44,16 @@ def skip_slide_table(adata, path) -> bool:
 
     if not _prov.is_slide_table(adata):
         return False
-    print(f"mmpath: warning: {path}: a slide table (one row per slide), not a tile table; skipped")
+    warn(f"{path}: a slide table (one row per slide), not a tile table; skipped")
     return True
+
+
+def warn(text: str) -> None:
+    """One ``mmpath: warning: ...`` line on stderr."""
+    print(f"mmpath: warning: {text}", file=sys.stderr)
+
+
+def input_error(text: str) -> None:
+    """One ``mmpath: error: ...`` line on stderr for an input a batch verb could not process
+    (the batch goes on; the verb exits 2 at the end)."""
+    print(f"mmpath: error: {text}", file=sys.stderr)

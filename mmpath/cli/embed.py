@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import progress, skip_slide_table, summary
+from mmpath.cli._common import input_error, progress, skip_slide_table, summary
 from mmpath.errors import ConfigError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def cmd_embed(args) -> int:
         try:
             status, n = embed_table(path, encoder, args, remap)
         except MmpathError as err:
-            print(f"mmpath: error: {path}: {err}")
+            input_error(f"{path}: {err}")
             failures.append(path)
             continue
         n_tiles += n

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, remap_arg, slide_mpp_arg, summary
+from mmpath.cli._common import input_error, progress, remap_arg, slide_mpp_arg, summary
 from mmpath.errors import DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def cmd_segment(args) -> int:
                         row[f"{name}_area_mm2"] = st["area_mm2"]
                 rows.append(row)
         except MmpathError as err:
-            print(f"mmpath: error: {path}: {err}")
+            input_error(f"{path}: {err}")
             failures.append(path)
     if rows:
         from mmpath.io._atomic import atomic_write_text

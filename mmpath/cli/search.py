@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, skip_slide_table, summary
+from mmpath.cli._common import progress, skip_slide_table, summary, warn
 from mmpath.errors import ConfigError, IndexError_
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _read_tables(paths, args):
         if skip_slide_table(t, p):
             continue
         if t.n_obs == 0:  # a slide without tissue: `mmpath tile` warned already
-            print(f"mmpath: warning: {p}: the tile table is empty; skipped")
+            warn(f"{p}: the tile table is empty; skipped")
             continue
         _prov.require_tile_table(t, repr(str(p)))  # name the file, not "table 3 of 7"
         tables.append(t)

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from mmpath import _keys as K
-from mmpath.cli._common import progress, slide_mpp_arg, summary
+from mmpath.cli._common import input_error, progress, slide_mpp_arg, summary, warn
 from mmpath.errors import MmpathError, SlideError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def cmd_info(args) -> int:
         except MmpathError as err:
             if args.debug:
                 raise
-            print(f"mmpath: error: {err}")
+            input_error(str(err))
             failed += 1
             continue
         if args.json:
@@ -133,11 +133,11 @@ def cmd_tile(args) -> int:
         except MmpathError as err:
             if args.debug:
                 raise
-            print(f"mmpath: error: {path}: {err}")
+            input_error(f"{path}: {err}")
             failures.append(path)
             continue
         if n == 0:
-            print(f"mmpath: warning: {path}: no tissue tiles (empty table written)")
+            warn(f"{path}: no tissue tiles (empty table written)")
         n_ok += 1
         n_tiles += n
     summary(

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, skip_slide_table, summary
+from mmpath.cli._common import input_error, progress, skip_slide_table, summary, warn
 from mmpath.errors import ConfigError, DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def cmd_zeroshot(args) -> int:
             if skip_slide_table(tiles, path):  # e.g. the zs_slides.h5ad of an earlier run
                 continue
             if tiles.n_obs == 0:  # a slide without tissue: `mmpath tile` warned already
-                print(f"mmpath: warning: {path}: the tile table is empty; skipped")
+                warn(f"{path}: the tile table is empty; skipped")
                 continue
             slides = tl.zero_shot(
                 tiles,
@@ -121,7 +121,7 @@ def cmd_zeroshot(args) -> int:
             )
             io.write_h5ad(tiles, out / Path(path).name if out else path)
         except MmpathError as err:
-            print(f"mmpath: error: {path}: {err}")
+            input_error(f"{path}: {err}")
             failures.append(path)
             continue
         n_tiles += tiles.n_obs

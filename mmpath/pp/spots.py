@@ -101,13 +101,27 @@ def spot_tiles(
         raise DataError("the spatial table has no obsm['spatial']; read it with mm.io.read_visium")
     if not np.isfinite(diameter_um) or diameter_um <= 0:
         raise DataError(f"diameter_um must be > 0, got {diameter_um}")
+    for name, value in (("mpp", mpp), ("size", size)):
+        if value is not None and (not np.isfinite(value) or value <= 0):
+            raise DataError(f"{name} must be > 0, got {value}")
     sf = spot_scalefactors(st, library_id=library_id)
     k = _scale(st, scale, library_id)
+    # 55 µm (a Visium spot) spans spot_diameter_fullres full-resolution pixels.
+    spot_mpp = VISIUM_SPOT_DIAMETER_UM / sf["spot_diameter_fullres"] / k
     if slide.mpp is None:
-        # 55 µm (a Visium spot) spans spot_diameter_fullres full-resolution pixels.
-        slide.mpp = VISIUM_SPOT_DIAMETER_UM / sf["spot_diameter_fullres"] / k
+        slide.mpp = spot_mpp
         slide.mpp_source = "override"
         log.info("slide %r: mpp %.4g from the spot scale factors", slide.slide_id, slide.mpp)
+    elif abs(slide.mpp / spot_mpp - 1) > 0.25:
+        log.warning(
+            "slide %r: its mpp %.4g disagrees with the %.4g that the spot scale factors imply "
+            "(55 µm spots); tiles will not cover the spots as intended: check the slide's "
+            "metadata or that this is the image the spots were aligned to (--slide-mpp / "
+            "slide mpp= overrides)",
+            slide.slide_id,
+            slide.mpp,
+            spot_mpp,
+        )
     if size is None:
         tile_mpp = mpp if mpp is not None else slide.mpp
         size = max(1, int(round(diameter_um / tile_mpp)))

@@ -147,3 +147,20 @@ def test_positions_file_whose_header_does_not_match_its_name(squidpy, tmp_path, 
     st = mm.io.read_visium(folder)
     assert st.n_obs == ref.n_obs
     np.testing.assert_array_equal(st.obsm[K.SPATIAL], ref.obsm[K.SPATIAL])
+
+
+def test_spot_tiles_refuses_bad_sizes_and_warns_on_an_inconsistent_mpp(squidpy, caplog):
+    st = mm.io.read_visium(squidpy / "test_data.h5ad")
+    for kwargs in ({"mpp": 0}, {"mpp": -1.0}, {"size": 0}, {"mpp": float("nan")}):
+        slide = mm.io.open_slide(squidpy / "test_img.jpg")
+        with pytest.raises(DataError, match="must be > 0"):
+            mm.pp.spot_tiles(st, slide, **kwargs)
+    true_mpp = 55 / mm.io.spot_scalefactors(st)["spot_diameter_fullres"]
+    consistent = mm.io.open_slide(squidpy / "test_img.jpg", mpp=true_mpp * 1.1)
+    caplog.clear()
+    mm.pp.spot_tiles(st, consistent, mpp=1.0)
+    assert "disagrees" not in caplog.text
+    off = mm.io.open_slide(squidpy / "test_img.jpg", mpp=true_mpp * 0.4)
+    with caplog.at_level("WARNING"):
+        mm.pp.spot_tiles(st, off, mpp=1.0)
+    assert "disagrees with the" in caplog.text

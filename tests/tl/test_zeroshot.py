@@ -340,7 +340,7 @@ def test_cli_rerun_on_a_glob_with_the_slide_table_and_an_empty_table(
     mm.io.write_h5ad(tiles[:0].copy(), tmp_path / "empty.h5ad")
     base = ["-q", "zeroshot", "--encoder", "tiny_clip", "--classes", "a;b"]
     assert main([*base, str(a), str(tmp_path / "empty.h5ad")]) == 0  # empty: skipped, no fail
-    assert "empty; skipped" in capsys.readouterr().out
+    assert "empty; skipped" in capsys.readouterr().err
     assert (tmp_path / "zs_slides.h5ad").exists()
     tables = sorted(map(str, tmp_path.glob("*.h5ad")))
     assert main([*base, *tables]) == 0
