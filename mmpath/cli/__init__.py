@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from mmpath._version import __version__
@@ -43,8 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("PIL", "matplotlib", "numba", "h5py", "fsspec", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    noisy = ("PIL", "matplotlib", "numba", "h5py", "fsspec", "urllib3", "httpx", "anndata", "faiss")
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    shown = warnings.showwarning
+    if not args.debug:  # Python warnings as one line each, like our own
+        warnings.showwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except MmpathError as err:
@@ -55,3 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmpath: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"mmpath: warning: {text}", file=sys.stderr)
