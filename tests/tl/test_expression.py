@@ -244,6 +244,16 @@ def test_prediction_table_works_with_scanpy_and_pl_tiles(synth):
     bad.obsm["X_morph"] = bad.obsm["X_morph"][:, :5]
     with pytest.raises(DataError, match="5 dims"):
         mm.tl.predict_expression(bad, model)
+    # a tile whose read failed (NaN embedding) is predicted as NaN; the others are unchanged
+    holes = tiles.copy()
+    holes.obsm["X_morph"] = holes.obsm["X_morph"].astype(np.float64)
+    holes.obsm["X_morph"][0] = np.nan
+    part = mm.tl.predict_expression(holes, model)
+    assert np.isnan(part.X[0]).all()
+    np.testing.assert_allclose(part.X[1:], pred.X[1:], rtol=1e-5, atol=1e-6)
+    holes.obsm["X_morph"][:] = np.nan
+    with pytest.raises(DataError, match="no finite row"):
+        mm.tl.predict_expression(holes, model)
 
 
 def test_bad_methods_and_params_are_config_errors(cohort):

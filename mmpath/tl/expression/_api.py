@@ -270,7 +270,14 @@ def predict_expression(
         if genomic is None:
             raise DataError(f"the model fuses a genomic vector ({model.fusion}); pass genomic=")
         G, _ = _genomic(adata, genomic, model.targets.get("sample_key", K.SLIDE_ID))
-    Y = model.predict_arrays(np.asarray(adata.obsm[rep]), G, batch_size=batch_size)
+    X = np.asarray(adata.obsm[rep])
+    ok = np.isfinite(X).all(axis=1)  # tiles whose read failed carry NaN embeddings
+    if not ok.any():
+        raise DataError(f"obsm[{rep!r}] holds no finite row; re-embed the tiles")
+    Y = np.full((len(X), len(model.genes)), np.nan, np.float32)
+    Y[ok] = model.predict_arrays(X[ok], None if G is None else G[ok], batch_size=batch_size)
+    if not ok.all():
+        log.warning("%d tile(s) with non-finite embeddings are predicted as NaN", int((~ok).sum()))
     pred = ad.AnnData(X=Y, obs=adata.obs.copy(), var=pd.DataFrame(index=list(model.genes)))
     for key, value in adata.obsm.items():
         pred.obsm[key] = value
