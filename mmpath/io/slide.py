@@ -4,7 +4,8 @@
 
 * :class:`OpenSlideSlide` for every format openslide reads (Aperio, Hamamatsu, MIRAX, Leica,
   Philips, Ventana, DICOM, generic tiled TIFF...);
-* :class:`ArraySlide` for plain images (PNG, JPEG, single-level TIFF) and tests.
+* :class:`ArraySlide` for plain images (PNG, JPEG, single-level TIFF) and tests;
+* ``TiffSlide`` (``mmpath/io/_tiff.py``) for the TIFFs openslide declines or misreads.
 
 Both always return RGB ``uint8`` arrays of shape ``(h, w, 3)``. Transparent pixels (outside
 the scanned area) are composited onto white, which is what the glass looks like.
@@ -423,7 +424,11 @@ class ArraySlide(Slide):
 
 
 def open_slide(
-    path: str | os.PathLike[str], *, mpp: float | None = None, slide_id: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    mpp: float | None = None,
+    slide_id: str | None = None,
+    backend: str | None = None,
 ) -> Slide:
     """Open a whole-slide image or plain image.
 
@@ -437,6 +442,10 @@ def open_slide(
         Level-0 µm/px; overrides the metadata (needed when the file has none).
     slide_id
         Identifier in tile tables; defaults to the file stem.
+    backend
+        ``"openslide"`` or ``"tifffile"`` forces that reader. By default openslide reads what
+        it can, and tifffile reads the TIFFs it declines, cannot read a probe region of, or
+        sees fewer pyramid levels in (SubIFDs); tables record the choice.
 
     Returns
     -------
@@ -463,21 +472,21 @@ def open_slide(
         return ArraySlide(_plain.read_plain_image(p), mpp=mpp, slide_id=sid, path=p)
     import openslide
 
+    from mmpath.io import _tiff
+
+    if backend not in (None, "openslide", "tifffile"):
+        raise SlideError(f"backend must be 'openslide' or 'tifffile', got {backend!r}")
+    if backend == "tifffile":
+        return _tiff.TiffSlide(p, mpp=mpp, slide_id=sid)
     fmt = None
     try:
         fmt = openslide.OpenSlide.detect_format(str(p))
     except openslide.OpenSlideError:
         fmt = None
-    if fmt is not None:
+    if fmt is not None and (backend == "openslide" or not _tiff.is_tiff(p)):
         return OpenSlideSlide(p, mpp=mpp, slide_id=sid)
-    if suffix in (".tif", ".tiff"):
-        # Not tiled/pyramidal, so openslide declines it: read it whole as a plain image.
-        arr = _plain.read_plain_tiff(p)
-        slide = ArraySlide(arr, mpp=mpp, slide_id=sid, path=p)
-        if mpp is None:
-            slide.mpp = _plain.tiff_mpp(p, _metadata_mpp)
-            slide.mpp_source = "metadata" if slide.mpp else None
-        return slide
+    if fmt is not None or suffix in (".tif", ".tiff") or _tiff.is_tiff(p):
+        return _tiff.open_tiff(p, openslide_ok=fmt is not None, mpp=mpp, slide_id=sid)
     if _plain.is_pil_image(p):  # content, not extension, decides (a PNG saved as .svs)
         log.warning("%s is a plain image despite its %r extension; reading it whole", p, suffix)
         return ArraySlide(_plain.read_plain_image(p), mpp=mpp, slide_id=sid, path=p)

@@ -74,7 +74,12 @@ def open_slide_from(adata, slide_id: str | None = None, *, remap: Remap = None) 
         )
     path = _remap_path(path, remap)
     mpp = rec.get("mpp") if rec.get("mpp_source") == "override" else None
-    return open_slide(path, mpp=mpp, slide_id=slide_id)
+    return open_slide(path, mpp=mpp, slide_id=slide_id, backend=_backend(rec))
+
+
+def _backend(rec: Mapping[str, Any]) -> str | None:
+    """The reader to reopen a slide with: tifffile is kept; openslide is re-checked on open."""
+    return "tifffile" if rec.get("backend") == "tifffile" else None
 
 
 def _check_reachable(slide_id: str, path: str | None, remap: Remap) -> None:
@@ -101,6 +106,7 @@ class _SlideSpec:
     level: int
     read_size: int
     size: int
+    backend: str | None = None
 
 
 class TileReader:
@@ -127,7 +133,9 @@ class TileReader:
             t = _prov.tiling(adata, sid)
             path = _remap_path(rec["path"], remap) if rec.get("path") else None
             mpp = rec.get("mpp") if rec.get("mpp_source") == "override" else None
-            self.specs[sid] = _SlideSpec(path, mpp, t["level"], t["read_size"], t["size"])
+            self.specs[sid] = _SlideSpec(
+                path, mpp, t["level"], t["read_size"], t["size"], _backend(rec)
+            )
             sizes.add(int(t["size"]))
         if len(sizes) > 1:
             raise DataError(
@@ -174,7 +182,9 @@ class TileReader:
                 raise DataError(
                     f"slide {sid!r} was an in-memory image with no file; pass slide= explicitly"
                 )
-            self._open[sid] = open_slide(spec.path, mpp=spec.mpp_override, slide_id=sid)
+            self._open[sid] = open_slide(
+                spec.path, mpp=spec.mpp_override, slide_id=sid, backend=spec.backend
+            )
         return self._open[sid]
 
     def read(self, i: int) -> np.ndarray:

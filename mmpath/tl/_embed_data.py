@@ -165,7 +165,9 @@ def worker_init(worker_id: int) -> None:
     given = reader._given
     if given is not None and given.path is not None and not isinstance(given, ArraySlide):
         mpp = given.mpp if given.mpp_source == "override" else None
-        reader._given = open_slide(given.path, mpp=mpp, slide_id=given.slide_id)
+        reader._given = open_slide(
+            given.path, mpp=mpp, slide_id=given.slide_id, backend=given.backend
+        )
 
 
 def make_loader(
