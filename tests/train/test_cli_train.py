@@ -38,6 +38,24 @@ def test_shipped_configs_load():
     assert lit.model.mode == "lit" and lit.model.text == "minilm"
 
 
+def test_ssl_tiny_config_runs_on_the_tiles_its_header_makes(tmp_path, monkeypatch, capsys):
+    """configs/ssl-tiny.yaml names the table its own `mmpath tile` line writes, and that
+    table holds at least one global batch (the README runs this recipe as written)."""
+    import mmpath as mm
+
+    monkeypatch.chdir(tmp_path)
+    lines = (CONFIGS / "ssl-tiny.yaml").read_text().splitlines()
+    header = next(line for line in lines if "mmpath tile" in line)
+    tile_args = header.split("mmpath tile", 1)[1].split("#", 1)[0].split()
+    tile_args[0] = str(mm.datasets.sample_slide().path)  # the header's repo-relative path
+    assert main(["-q", "tile", *tile_args]) == 0
+    argv = ["-q", "train", "ssl", "--config", str(CONFIGS / "ssl-tiny.yaml")]
+    argv += ["--out", str(tmp_path / "run"), "--set", "train.max_steps=1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "trained ssl: 1 steps" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
 def test_train_clip_from_the_cli(caption_sets, tmp_path, capsys):
     train, val = caption_sets
     args = [
