@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 from tqdm.auto import tqdm
 
+from mmpath.errors import ConfigError
+
 
 def progress(items: Iterable, args, **kwargs):
     """A tqdm bar unless ``--quiet`` (bars go to stderr)."""
@@ -28,6 +30,17 @@ def remap_arg(parser) -> None:
     )
 
 
+def parse_remap(items: list[str]) -> dict[str, str] | None:
+    """``["OLD=NEW", ...]`` -> ``{OLD: NEW}``."""
+    out = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            raise ConfigError(f"--remap expects OLD=NEW, got {item!r}")
+        out[old] = new
+    return out or None
+
+
 def slide_mpp_arg(parser) -> None:
     parser.add_argument(
         "--slide-mpp",
@@ -37,15 +50,19 @@ def slide_mpp_arg(parser) -> None:
     )
 
 
-def skip_slide_table(adata, path) -> bool:
-    """True (with a warning) for a slide table that a glob such as ``tiles/*.h5ad`` picked up
-    next to the tile tables (``zs_slides.h5ad``): batch verbs skip it instead of failing."""
+def skip_table(adata, path) -> bool:
+    """True (with a warning) for a table a batch verb skips instead of failing on: a slide
+    table that a glob such as ``tiles/*.h5ad`` picked up next to the tile tables
+    (``zs_slides.h5ad``), or an empty tile table (a slide without tissue; `tile` warned)."""
     from mmpath.io import _prov
 
-    if not _prov.is_slide_table(adata):
-        return False
-    warn(f"{path}: a slide table (one row per slide), not a tile table; skipped")
-    return True
+    if _prov.is_slide_table(adata):
+        warn(f"{path}: a slide table (one row per slide), not a tile table; skipped")
+        return True
+    if adata.n_obs == 0:
+        warn(f"{path}: the tile table is empty; skipped")
+        return True
+    return False
 
 
 def warn(text: str) -> None:

@@ -13,8 +13,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import input_error, progress, skip_slide_table, summary
-from mmpath.errors import ConfigError, MmpathError
+from mmpath.cli._common import input_error, parse_remap, progress, remap_arg, skip_table, summary
+from mmpath.errors import MmpathError
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +36,11 @@ def register(sub) -> None:
     p.add_argument(
         "--chunk-size", type=int, default=2048, help="tiles per checkpointed chunk (2048)"
     )
-    p.add_argument(
-        "--remap",
-        action="append",
-        default=[],
-        metavar="OLD=NEW",
-        help="rewrite slide paths starting with OLD to NEW (repeatable)",
-    )
+    remap_arg(p)
     p.add_argument(
         "--overwrite", action="store_true", help="re-embed tables that already hold this embedding"
     )
     p.set_defaults(func=cmd_embed)
-
-
-def parse_remap(items: list[str]) -> dict[str, str] | None:
-    """``["OLD=NEW", ...]`` -> ``{OLD: NEW}``."""
-    out = {}
-    for item in items:
-        old, sep, new = item.partition("=")
-        if not sep or not old:
-            raise ConfigError(f"--remap expects OLD=NEW, got {item!r}")
-        out[old] = new
-    return out or None
 
 
 def _done(adata, key: str, encoder_name: str, weights) -> bool:
@@ -80,7 +63,7 @@ def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
     from mmpath.tl.embed import _weights_id, embedding_key
 
     adata = io.read_h5ad(path)
-    if skip_slide_table(adata, path):
+    if skip_table(adata, path):
         return "not tiles", 0
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)

@@ -12,7 +12,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from mmpath.cli._common import remap_arg, slide_mpp_arg, summary
+from mmpath.cli._common import parse_remap, remap_arg, slide_mpp_arg, summary
 from mmpath.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,9 @@ def cmd_fit(args) -> int:
     for flag, value in (("--mpp", args.mpp), ("--slide-mpp", args.slide_mpp)):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag} must be a positive number of µm/px, got {value}")
-    from mmpath.io._atomic import check_replaceable
-    from mmpath.tl.expression._model import CONFIG_FILE, GENES_FILE, WEIGHTS_FILE
+    from mmpath.tl.expression._model import check_save_target
 
-    # Before minutes of embedding and cross-validation, not after them.
-    check_replaceable(args.out, (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE), "expression model")
+    check_save_target(args.out)  # before minutes of embedding and cross-validation
     params = parse_params(args.param)
     genomic = _read_genomic(args.genomic)  # a missing file fails before the embedding
     mpp = _tile_mpp(args)
@@ -228,8 +226,6 @@ def cmd_predict(args) -> int:
         raise ConfigError(
             f"--heatmap {unknown[0]!r} is not a gene the model predicts; pick one of: {shown}"
         )
-    from mmpath.cli.embed import parse_remap
-
     remap = parse_remap(args.remap)
     tiles = io.read_h5ad(args.table)
     if model.use_rep not in tiles.obsm:

@@ -13,7 +13,14 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import input_error, progress, remap_arg, slide_mpp_arg, summary
+from mmpath.cli._common import (
+    input_error,
+    parse_remap,
+    progress,
+    remap_arg,
+    slide_mpp_arg,
+    summary,
+)
 from mmpath.errors import DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -69,7 +76,6 @@ def cmd_segment(args) -> int:
     import pandas as pd
 
     from mmpath import io, tl
-    from mmpath.cli.embed import parse_remap
     from mmpath.tl.segment import load_head
 
     head = load_head(args.model, "seg")
@@ -132,10 +138,9 @@ def cmd_segment(args) -> int:
 
 
 def cmd_anomaly(args) -> int:
-    import numpy as np
-
     from mmpath import io, pl, tl
     from mmpath.io import _prov
+    from mmpath.tl.seg_metrics import binary_labels
 
     head = None
     if args.model:
@@ -145,8 +150,6 @@ def cmd_anomaly(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    from mmpath.cli.embed import parse_remap
-
     remap = parse_remap(args.remap)
     key = "anomaly" if head is not None else "anomaly_knn"
     results = {}
@@ -158,7 +161,7 @@ def cmd_anomaly(args) -> int:
             if args.label not in table.obs:
                 raise DataError(f"{p.name}: obs has no column {args.label!r} (--label)")
             try:
-                tl.anomaly_metrics(np.zeros(table.n_obs), table.obs[args.label])
+                binary_labels(table.obs[args.label])
             except DataError as err:
                 raise DataError(f"{p.name}: --label {args.label!r}: {err}") from None
         if head is not None:

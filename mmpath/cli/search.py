@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, skip_slide_table, summary, warn
+from mmpath.cli._common import progress, skip_table, summary
 from mmpath.errors import ConfigError, IndexError_
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,7 @@ def _read_tables(paths, args):
     tables = []
     for p in progress(paths, args, desc="reading", unit="table"):
         t = io.read_h5ad(p)
-        if skip_slide_table(t, p):
-            continue
-        if t.n_obs == 0:  # a slide without tissue: `mmpath tile` warned already
-            warn(f"{p}: the tile table is empty; skipped")
+        if skip_table(t, p):  # a slide table or an empty table
             continue
         _prov.require_tile_table(t, repr(str(p)))  # name the file, not "table 3 of 7"
         tables.append(t)

@@ -74,11 +74,14 @@ def _thumbnail_path(out: Path, slide_id: str, inputs: set[Path]) -> Path:
     return out / f"{slide_id}.tiles.png" if png.resolve() in inputs else png
 
 
-def tile_one(path: str, args, seen: dict[str, str] | None = None) -> tuple[int, Path]:
+def tile_one(
+    path: str, args, seen: dict[str, str] | None = None, inputs: set[Path] | None = None
+) -> tuple[int, Path]:
     """Tile one slide into ``<out>/<slide_id>.h5ad`` (+ thumbnail); returns (n_tiles, path).
 
     ``seen`` maps the slide ids tiled earlier in this run to their files: two files with one
     stem would share a table, so the second is refused instead of silently skipped.
+    ``inputs`` (the run's resolved input files) are never overwritten by a thumbnail.
     """
     from mmpath import io, pl, pp
     from mmpath.io import _prov
@@ -118,8 +121,8 @@ def tile_one(path: str, args, seen: dict[str, str] | None = None) -> tuple[int, 
             )
         io.write_h5ad(tiles, target)
         if not args.no_thumbnail:
-            inputs = {Path(p).resolve() for p in args.slides}
-            png = _thumbnail_path(out, sid, inputs | {Path(slide.path or path).resolve()})
+            own = {Path(slide.path or path).resolve()}
+            png = _thumbnail_path(out, sid, (inputs or set()) | own)
             pl.tiles(tiles, slide, color="tissue_frac", tissue=mask, save=png)
     return tiles.n_obs, target
 
@@ -127,9 +130,10 @@ def tile_one(path: str, args, seen: dict[str, str] | None = None) -> tuple[int, 
 def cmd_tile(args) -> int:
     n_ok, n_tiles, failures = 0, 0, []
     seen: dict[str, str] = {}
+    inputs = {Path(p).resolve() for p in args.slides}
     for path in progress(args.slides, args, desc="tiling", unit="slide"):
         try:
-            n, _ = tile_one(path, args, seen)
+            n, _ = tile_one(path, args, seen, inputs)
         except MmpathError as err:
             if args.debug:
                 raise

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import input_error, progress, skip_slide_table, summary, warn
+from mmpath.cli._common import input_error, progress, skip_table, summary
 from mmpath.errors import ConfigError, DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,7 @@ def cmd_zeroshot(args) -> int:
     for path in progress(args.tables, args, desc="zero-shot", unit="table"):
         try:
             tiles = io.read_h5ad(path)
-            if skip_slide_table(tiles, path):  # e.g. the zs_slides.h5ad of an earlier run
-                continue
-            if tiles.n_obs == 0:  # a slide without tissue: `mmpath tile` warned already
-                warn(f"{path}: the tile table is empty; skipped")
+            if skip_table(tiles, path):  # a slide table or an empty table
                 continue
             slides = tl.zero_shot(
                 tiles,

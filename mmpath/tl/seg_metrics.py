@@ -150,6 +150,20 @@ def dice_jaccard(
     return df
 
 
+def binary_labels(labels) -> np.ndarray:
+    """``labels`` as a boolean array (True = anomalous), checked: 0/1 or boolean values, and
+    both classes present (AUROC needs normal and anomalous tiles)."""
+    y = np.asarray(labels).ravel()
+    if y.dtype != bool:
+        vals = set(np.unique(y).tolist())
+        if not vals <= {0, 1}:
+            raise DataError(f"labels must be 0/1 or boolean, got values {sorted(vals)[:5]}")
+    y = y.astype(bool)
+    if y.all() or not y.any():
+        raise DataError("AUROC needs both normal and anomalous tiles among the labels")
+    return y
+
+
 def anomaly_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUROC and AUPRC (average precision) of anomaly ``scores`` against binary ``labels``.
 
@@ -163,16 +177,9 @@ def anomaly_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel()
+    y = binary_labels(labels)
     if s.shape != y.shape:
         raise DataError(f"{s.size} scores but {y.size} labels")
-    if y.dtype != bool:
-        vals = set(np.unique(y).tolist())
-        if not vals <= {0, 1}:
-            raise DataError(f"labels must be 0/1 or boolean, got values {sorted(vals)[:5]}")
-    y = y.astype(bool)
-    if y.all() or not y.any():
-        raise DataError("AUROC needs both normal and anomalous tiles among the labels")
     if not np.isfinite(s).all():
         raise DataError("anomaly scores contain NaN or infinite values")
     return {

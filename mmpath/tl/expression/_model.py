@@ -58,6 +58,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 CONFIG_FILE, GENES_FILE, WEIGHTS_FILE = "config.json", "genes.txt", "weights.safetensors"
+MODEL_FILES = (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE)
+
+
+def check_save_target(path) -> None:
+    """Refuse a non-empty folder that is not an expression model (saving replaces it whole)."""
+    check_replaceable(path, MODEL_FILES, "expression model")
 
 
 def resolve_params(method: str, fusion: str | None, params: dict | None) -> dict[str, Any]:
@@ -380,7 +386,7 @@ class ExpressionModel:
         ``scores.csv``/``summary.csv``/``pearson.png`` inside the folder.
         """
         path = Path(path)
-        check_replaceable(path, (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE), "expression model")
+        check_save_target(path)
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
             self.write_into(tmp, report=report)
@@ -406,7 +412,7 @@ class ExpressionModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        files = (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE)
+        files = MODEL_FILES
         if not (path / CONFIG_FILE).exists() and all((path / "model" / f).is_file() for f in files):
             path = path / "model"  # a `mmpath train expr` run folder: its model/ sub-folder
         missing = [f for f in files if not (path / f).exists()]
