@@ -149,6 +149,37 @@ class TiffSlide(Slide):
             self.mpp, self.mpp_source = found, ("metadata" if found is not None else None)
         # openslide's normalised names too, so code reading properties works on either backend.
         self.properties.update(_openslide_props(self))
+        self._openslide_assoc = False
+
+    def adopt(self, osl: Slide) -> None:
+        """Take openslide's view of the metadata (vendor, properties, mpp, associated images).
+
+        Used by the fast path (``mmpath/io/_fast.py``): the pixels come from tifffile, the
+        description from openslide, so a slide reads the same whichever backend serves it.
+        """
+        props = dict(osl.properties)
+        props.update({k: v for k, v in _openslide_props(self).items() if ".level" in k})
+        self.properties = props
+        self.vendor = osl.vendor
+        self.mpp, self.mpp_source = osl.mpp, osl.mpp_source
+        self._openslide_assoc = True
+
+    def associated_image_names(self) -> list[str]:
+        if not getattr(self, "_openslide_assoc", False):
+            return []
+        import openslide
+
+        with openslide.OpenSlide(self.path) as osr:
+            return sorted(osr.associated_images)
+
+    def associated_image(self, name: str) -> np.ndarray:
+        if name not in self.associated_image_names():
+            return super().associated_image(name)
+        import openslide
+
+        with openslide.OpenSlide(self.path) as osr:
+            img = osr.associated_images[name].convert("RGBA")
+            return _rgba_to_rgb(np.asarray(img))
 
     # -- handle -----------------------------------------------------------------------------
     def _handle(self):
@@ -200,7 +231,10 @@ class TiffSlide(Slide):
             self._handle()
             lv = self._levels[level]
             ds = self.level_downsamples[level]
-            lx, ly = int(math.floor(x / ds)), int(math.floor(y / ds))
+            # Nearest level pixel: level-0 coordinates are rounded level coordinates times a
+            # non-integer downsample (4.0003 on real pyramids), so floor would shift by one.
+            # openslide paints such regions at the fractional offset (a sub-pixel blend).
+            lx, ly = int(math.floor(x / ds + 0.5)), int(math.floor(y / ds + 0.5))
             out = np.full((h, w, 3), 255, np.uint8)  # outside the image is empty, as elsewhere
             x0, y0 = max(lx, 0), max(ly, 0)
             x1, y1 = min(lx + w, lv.width), min(ly + h, lv.height)

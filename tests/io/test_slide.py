@@ -13,9 +13,10 @@ from mmpath.datasets.synthetic import default_spec
 from mmpath.errors import SlideError, TileReadError
 
 
-def test_openslide_backend_reads_levels_and_mpp(synthetic_slide, synthetic_spec):
-    s = synthetic_slide
-    assert s.backend == "openslide"
+@pytest.mark.parametrize("backend", ["openslide", None])
+def test_backends_read_levels_and_mpp(synthetic_slide_path, synthetic_spec, backend):
+    s = mm.io.open_slide(synthetic_slide_path, backend=backend)
+    assert s.backend == (backend or "tifffile")  # the fast path is the default
     assert s.vendor == "generic-tiff"
     assert s.dimensions == (synthetic_spec.width, synthetic_spec.height)
     assert s.level_count == 3

@@ -51,8 +51,9 @@ def test_odd_tile_tiff_reads_pixel_identical(tmp_path, compression):
         with pytest.raises(TileReadError):
             mm.io.open_slide(path, backend="openslide").read_region((0, 0), 0, (16, 16))
         assert s.backend == "tifffile"
-    else:  # openslide reads it: no fallback
-        assert s.backend == "openslide"
+    else:  # openslide reads it too, but the fast path is the default for generic TIFF
+        assert s.backend == "tifffile"
+        assert mm.io.open_slide(path, backend="openslide").backend == "openslide"
     t = mm.io.open_slide(path, backend="tifffile")
     for slide in (s, t):
         assert slide.dimensions == (420, 300) and slide.level_count == 1
@@ -130,9 +131,9 @@ def test_out_of_bounds_like_the_other_backends(tmp_path):
 def test_agrees_with_openslide_on_a_jpeg_pyramid(tmp_path):
     spec = default_spec(1024, 768, mpp=0.5, levels=(1, 4), seed=2)
     path = write_synthetic_slide(tmp_path / "pyr.tif", spec, tile_size=256)
-    o = mm.io.open_slide(path)
-    t = mm.io.open_slide(path, backend="tifffile")
-    assert o.backend == "openslide"  # openslide reads it fully: no fallback
+    o = mm.io.open_slide(path, backend="openslide")
+    t = mm.io.open_slide(path)
+    assert t.backend == "tifffile"  # the fast path is the default for generic TIFF
     assert t.level_dimensions == o.level_dimensions
     assert t.level_downsamples == o.level_downsamples and t.mpp == o.mpp
     for level in (0, 1):
@@ -220,8 +221,12 @@ def test_damaged_tile_is_reported(tmp_path):
     np.testing.assert_array_equal(s.read_region((0, 0), 0, (64, 64)), arr[:64, :64])
 
 
-def test_svs_still_opens_with_openslide(sample_slide):
+def test_svs_opens_on_the_fast_path_with_openslide_metadata(sample_slide):
     s = mm.io.open_slide(sample_slide.path)
-    assert s.backend == "openslide" and s.vendor == "aperio"
+    assert s.backend == "tifffile" and s.vendor == "aperio"
+    assert s.mpp == pytest.approx(0.499) and s.properties["aperio.AppMag"] == "20"
+    assert set(s.associated_image_names()) >= {"label", "macro", "thumbnail"}
+    assert s.associated_image("label").ndim == 3
+    assert mm.io.open_slide(sample_slide.path, backend="openslide").backend == "openslide"
     with pytest.raises(SlideError, match="backend"):
         mm.io.open_slide(sample_slide.path, backend="pil")
