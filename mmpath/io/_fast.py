@@ -57,9 +57,7 @@ def fast_path_refusal(ts, osl) -> str | None:
         return f"vendor {osl.vendor!r} is read by openslide"
     n = osl.level_count
     if ts.level_dimensions[:n] != osl.level_dimensions:
-        return (
-            f"tifffile sees levels {ts.level_dimensions[:n]}, openslide {osl.level_dimensions}"
-        )
+        return f"tifffile sees levels {ts.level_dimensions[:n]}, openslide {osl.level_dimensions}"
     for i, lv in enumerate(ts._levels):
         page = lv.page
         where = f"level {i}"

@@ -17,7 +17,9 @@ import mmpath as mm
 from mmpath.datasets import render
 from mmpath.datasets.synthetic import default_spec
 
-APERIO = "Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] (128x128) Q=90|AppMag = 20|MPP = 0.5"
+APERIO = (
+    "Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] (128x128) Q=90|AppMag = 20|MPP = 0.5"
+)
 
 
 def _image(w: int = 700, h: int = 530, seed: int = 0) -> np.ndarray:
@@ -98,10 +100,17 @@ def test_ome_tiff_with_subifds(tmp_path):
     arr = _image()
     path = tmp_path / "s.ome.tif"
     with tifffile.TiffWriter(path) as tw:
-        tw.write(arr, tile=(128, 128), photometric="rgb", compression="zlib", subifds=1,
-                 metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
-        tw.write(arr[::2, ::2], tile=(128, 128), photometric="rgb", compression="zlib",
-                 subfiletype=1)
+        tw.write(
+            arr,
+            tile=(128, 128),
+            photometric="rgb",
+            compression="zlib",
+            subifds=1,
+            metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
+        tw.write(
+            arr[::2, ::2], tile=(128, 128), photometric="rgb", compression="zlib", subfiletype=1
+        )
     f = _assert_equal_everywhere(path)
     assert f.level_count == 2  # openslide sees one level; tifffile the SubIFD too
     np.testing.assert_array_equal(f.read_region((0, 0), 1, (350, 265)), arr[::2, ::2])
