@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Reader benchmark (issue 15): mmpath's default reader vs a bare openslide loop, same tiles.
+
+Prints one JSON object. On a generated SVS-like pyramid (Aperio description, 256 px tiles,
+levels 1/4) stored as JPEG and as RGB JPEG 2000 (Aperio 33005), tiles of 128 and 256 px are
+read at level 0 by (a) a bare ``openslide.read_region`` + RGB array loop, (b)
+``mm.io.read_tiles`` through ``mm.io.open_slide`` (the default reader, the tifffile fast path
+on these files) and (c) the decode-only ceiling: imagecodecs decoding every raw tile the reads
+touch, once. Goal: ``ratio`` (b / a, tiles/s) >= 2 on TIFF-family slides.
+
+Usage::
+
+    python tools/bench/bench_reader.py --quick    # 2,048 px slides, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_slide(path: Path, size: int, compression) -> Path:
+    import tifffile
+
+    from mmpath.datasets import default_spec, render
+
+    if path.exists():
+        return path
+    arr = render(default_spec(size, size, mpp=0.5, levels=(1,), seed=0), (0, 0), (size, size))
+    desc = f"Aperio Image Library v12.0.15 \r\n{size}x{size} (256x256) Q=90|AppMag = 20|MPP = 0.5"
+    tmp = path.with_suffix(".tmp")
+    with tifffile.TiffWriter(tmp) as tw:
+        for i, ds in enumerate((1, 4)):
+            tw.write(
+                arr[::ds, ::ds],
+                tile=(256, 256),
+                photometric="rgb",
+                compression=compression,
+                description=desc if i == 0 else None,
+                metadata=None,
+            )
+    os.replace(tmp, path)
+    return path
+
+
+def bench(path: Path, tile: int, repeats: int) -> dict:
+    import openslide
+
+    import mmpath as mm
+
+    slide = mm.io.open_slide(path)
+    tiles = mm.pp.tile(slide, size=tile, level=0, min_tissue=0.0)
+    xy = np.stack([tiles.obs["x"].to_numpy(), tiles.obs["y"].to_numpy()], 1)
+    n = len(xy)
+    ref, ours = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        osr = openslide.OpenSlide(str(path))
+        for x, y in xy:
+            np.asarray(osr.read_region((int(x), int(y)), 0, (tile, tile)).convert("RGB"))
+        osr.close()
+        ref.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with mm.io.open_slide(path) as s:
+            out = mm.io.read_tiles(s, tiles)
+        ours.append(time.perf_counter() - t0)
+        assert out.shape[0] == n
+    # decode-only ceiling: every raw tile of level 0 decoded once with the page's decoder
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        fh = tf.filehandle
+        raw = []
+        for off, cnt in zip(page.dataoffsets, page.databytecounts):
+            fh.seek(off)
+            raw.append(fh.read(cnt))
+        kw = {"jpegtables": page.jpegtables} if page.compression == 7 else {}
+        t0 = time.perf_counter()
+        for i, data in enumerate(raw):
+            page.decode(data, i, **kw)
+        dec = time.perf_counter() - t0
+    px = n * tile * tile
+    rate_ref, rate_ours = n / min(ref), n / min(ours)
+    return {
+        "reader": slide.backend,
+        "n_tiles": n,
+        "openslide_tiles_per_s": round(rate_ref, 1),
+        "mmpath_tiles_per_s": round(rate_ours, 1),
+        "ratio": round(rate_ours / rate_ref, 3),
+        "decode_only_tiles_per_s": round(len(raw) * 256 * 256 / dec / (tile * tile), 1),
+        "mmpath_fraction_of_decode_ceiling": round(
+            rate_ours / (len(raw) * 256 * 256 / dec / (tile * tile)), 3
+        ),
+        "megapixels": round(px / 1e6, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--size", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=Path("~/.cache/mmpath/bench").expanduser())
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.size, a.repeats = 2048, 2
+    a.cache.mkdir(parents=True, exist_ok=True)
+    res = {"bench": "reader", "size": a.size, "load_avg_1m": round(os.getloadavg()[0], 2)}
+    for name, comp in (("svs_jpeg", "jpeg"), ("svs_jpeg2000", 33005)):
+        path = make_slide(a.cache / f"reader_{a.size}_{name}.svs", a.size, comp)
+        res[name] = {f"tile_{t}": bench(path, t, a.repeats) for t in (128, 256)}
+    ratios = [v["ratio"] for k in ("svs_jpeg", "svs_jpeg2000") for v in res[k].values()]
+    res["target"] = ">= 2x on TIFF-family"
+    res["pass"] = min(ratios) >= 2.0
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
