@@ -17,6 +17,8 @@ __all__ = [
     "ModelError",
     "DataError",
     "IndexError_",
+    "FilterError",
+    "UnsafeNameError",
 ]
 
 
@@ -54,3 +56,11 @@ class DataError(MmpathError):
 
 class IndexError_(MmpathError):  # noqa: N801 - trailing underscore avoids the builtin
     """A search index is empty, corrupt, or does not match a query."""
+
+
+class FilterError(IndexError_):
+    """A ``where=`` filter is outside the safe filter language, or names an unknown column."""
+
+
+class UnsafeNameError(MmpathError, ValueError):
+    """A user-supplied name (model, slide id, key, output) is not one safe path component."""

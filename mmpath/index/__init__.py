@@ -13,6 +13,7 @@ Example
 from __future__ import annotations
 
 from mmpath.index._build import build
+from mmpath.index._filter import FILTER_HELP, check_filter, filter_mask
 from mmpath.index._store import load, read_manifest
 from mmpath.index.evaluate import (
     evaluate,
@@ -42,6 +43,9 @@ __all__ = [
     "build",
     "load",
     "read_manifest",
+    "filter_mask",
+    "check_filter",
+    "FILTER_HELP",
     "choose_factory",
     "evaluate",
     "top_k_accuracy",

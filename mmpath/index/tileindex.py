@@ -21,6 +21,7 @@ from mmpath.index import _faiss as F
 from mmpath.index import _query as Q
 from mmpath.index import _results as R
 from mmpath.index import _tables as T
+from mmpath.index._filter import filter_mask
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,10 @@ class TileIndex:
         k
             Neighbours per query.
         where
-            A pandas query on the metadata (``"organ == 'colon'"``); only matching tiles
-            are returned.
+            A filter on the metadata (``"organ == 'colon' and tissue_frac > 0.5"``): column
+            names, literals, comparisons, ``in``/``not in`` lists, ``and``/``or``/``not`` and
+            ``isna()``/``notna()`` (see :func:`mmpath.index.filter_mask`); only matching tiles
+            are returned. Anything else is refused, nothing is evaluated as Python.
         params
             Query-time parameters for this call (``nprobe``, ``efSearch``, ``k_factor``).
         encoder
@@ -165,15 +168,13 @@ class TileIndex:
         return index.search(x, int(k), params=sp)
 
     def filter_ids(self, where: str) -> np.ndarray:
-        """Tile ids whose metadata match a pandas query string."""
-        try:
-            sub = self.metadata.query(where)
-        except Exception as err:  # noqa: BLE001 - pandas raises many types for a bad query
-            raise IndexError_(
-                f"cannot apply filter {where!r} ({err}); metadata columns: "
-                f"{', '.join(map(str, self.metadata.columns[:15]))}"
-            ) from None
-        return sub.index.to_numpy(np.int64)
+        """Tile ids whose metadata match a filter (the safe language of :func:`filter_mask`).
+
+        The filter is parsed and evaluated by :mod:`mmpath.index._filter`, never by
+        ``DataFrame.query``, so a filter from a browser or a command line cannot run code.
+        """
+        mask = filter_mask(self.metadata, where)
+        return self.metadata.index.to_numpy(np.int64)[mask]
 
     def _check_k(self, k: int) -> None:
         n = self.index.ntotal
