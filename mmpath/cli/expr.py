@@ -12,6 +12,7 @@ import logging
 import warnings
 from pathlib import Path
 
+from mmpath._names import to_component
 from mmpath.cli._common import parse_remap, remap_arg, slide_mpp_arg, summary
 from mmpath.errors import ConfigError
 
@@ -245,7 +246,7 @@ def cmd_predict(args) -> int:
     out = io.write_h5ad(pred, args.out)
     slide = io.open_slide_from(pred, remap=remap) if remap and args.heatmap else None
     for gene in args.heatmap:
-        png = Path(out).with_name(f"{Path(out).stem}_{gene}.png")
+        png = Path(out).with_name(to_component(f"{Path(out).stem}_{gene}.png"))
         pl.tiles(pred, slide, color=gene, save=png, title=f"predicted {gene}")
     summary(args, f"predicted {pred.n_vars} genes for {pred.n_obs} tiles -> {out}")
     return 0

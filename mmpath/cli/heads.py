@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from mmpath._names import check_name
 from mmpath.cli._common import (
     input_error,
     parse_remap,
@@ -189,7 +190,7 @@ def cmd_anomaly(args) -> int:
                         slide_id=sid,
                         cmap="magma",
                         title=f"{sid}: {score}",
-                        save=folder / f"{sid}.{key}.png",
+                        save=folder / f"{check_name(sid, what='slide id')}.{key}.png",
                     )
                 except MmpathError as err:  # in-memory slides have no file to draw
                     log.warning("no heatmap for %s: %s", sid, err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -67,33 +68,55 @@ def cmd_list(args) -> int:
     return 0
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def install_name(name: str) -> str:
+    """The folder name a ``weights install`` name maps to, refused unless it is safe."""
+    from mmpath._names import check_name
+
+    if "/" in name:  # a hub id: use the alias when one is registered, else org--name
+        if not _HUB_ID.match(name):
+            raise WeightsError(
+                f"{name!r} is neither a registry name nor an org/name hub id; "
+                "see `mmpath list` for the names"
+            )
+        from mmpath.models.registry import _alias_for_hub
+
+        return check_name(_alias_for_hub(name) or name.replace("/", "--"), what="weights name")
+    check_name(name, what="weights name")
+    from mmpath.models.registry import encoders
+
+    try:
+        return encoders.get(name).name
+    except ModelError:
+        log.warning("%r is not a registry name; installing under that name anyway", name)
+        return name
+
+
 def cmd_weights_install(args) -> int:
     from mmpath.io._atomic import atomic_path
-    from mmpath.models.registry import encoders
+    from mmpath.models._verify import verify_weights, write_marker
     from mmpath.models.weights import weights_dir
 
+    name = install_name(args.name)  # before any file is touched
     src = Path(args.folder).expanduser()
     if not src.exists():
         raise WeightsError(f"{src} does not exist; pass the folder you downloaded")
-    name = args.name
-    if "/" in name:  # a hub id: use the alias when one is registered, else org--name
-        from mmpath.models.registry import _alias_for_hub
-
-        name = _alias_for_hub(name) or name.replace("/", "--")
-    else:
-        try:
-            name = encoders.get(name).name
-        except ModelError:
-            log.warning("%r is not a registry name; installing under that name anyway", name)
     target = weights_dir(name)
+    if src.resolve() == target.resolve() or target.resolve() in src.resolve().parents:
+        raise WeightsError(f"{src} is the installed folder itself; pass the downloaded folder")
     if target.exists() and any(target.iterdir()) and not args.force:
         raise WeightsError(f"{target} already exists; pass --force to replace it")
+    checked = verify_weights(name, src)  # refuses a folder that is not these weights
     with atomic_path(target) as tmp:
         if src.is_dir():
             shutil.copytree(src, tmp, symlinks=False)
         else:
             tmp.mkdir(parents=True)
             shutil.copy2(src, tmp / src.name)
-    n_files = sum(1 for p in target.rglob("*") if p.is_file())
-    summary(args, f"installed {n_files} files for {name!r} in {target}")
+        write_marker(tmp, name, checked)
+    n_files = sum(1 for p in target.rglob("*") if p.is_file()) - 1
+    how = "verified" if checked != "tensors" else "readable tensors; not an entry, not verified"
+    summary(args, f"installed {n_files} files for {name!r} in {target} ({how}: {checked})")
     return 0

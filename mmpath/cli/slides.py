@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from mmpath import _keys as K
+from mmpath._names import check_name
 from mmpath.cli._common import input_error, progress, slide_mpp_arg, summary, warn
 from mmpath.errors import MmpathError, SlideError
 
@@ -89,7 +90,7 @@ def tile_one(
     out = Path(args.out)
     seen = {} if seen is None else seen
     with io.open_slide(path, mpp=args.slide_mpp) as slide:
-        sid = slide.slide_id
+        sid = check_name(slide.slide_id, what="slide id")
         if sid in seen and seen[sid] != slide.path:
             raise SlideError(
                 f"slide id {sid!r} is also the id of {seen[sid]!r} in this run and both would "

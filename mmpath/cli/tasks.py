@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from mmpath._names import check_name
 from mmpath.cli._common import input_error, progress, skip_table, summary
 from mmpath.errors import ConfigError, DataError, MmpathError
 
@@ -97,6 +98,7 @@ def cmd_zeroshot(args) -> int:
     from mmpath.io._atomic import atomic_write_text
     from mmpath.tl.embed import resolve_encoder
 
+    check_name(args.key_added, what="--key-added")
     classes = parse_classes(args.classes)
     templates = read_templates(args.templates) if args.templates else None
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)

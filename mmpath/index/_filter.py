@@ -175,10 +175,8 @@ class _Checker:
         raise _refuse(_describe(node))
 
 
-def _short(where: str, limit: int = 60) -> str:
-    """The filter as shown in a message: quoted, and cut so the message stays one short line."""
-    text = " ".join(where.split())
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 def _parse(where: str, columns: Iterable[str]):
@@ -197,7 +195,7 @@ def _parse(where: str, columns: Iterable[str]):
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
         msg = getattr(err, "msg", None) or type(err).__name__
-        raise FilterError(f"filter {_short(where)} does not parse ({msg}); {FILTER_HELP}") from None
+        raise FilterError(f"filter {_short(text)} does not parse ({msg}); {FILTER_HELP}") from None
     try:
         return _Checker(columns).cond(tree.body)
     except RecursionError:

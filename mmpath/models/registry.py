@@ -248,8 +248,10 @@ def list_encoders(pattern: str = "*"):
     """A table of the registered encoders (no model is built).
 
     Columns: name, aliases, kind, dim, proj_dim, input_size, mpp, pooling, license, source,
-    available (optional package present), weights (``"found"``, ``"missing"``, ``"random"``
-    for test models) and verified (ever run on its real weights).
+    available (optional package present), weights (``"verified"``: installed by ``mmpath
+    weights install``, checked against the architecture and unchanged since; ``"found"``:
+    present but not checked; ``"missing"``; ``"random"`` for test models) and verified (ever
+    run on its real weights).
 
     Example
     -------
@@ -271,6 +273,11 @@ def list_encoders(pattern: str = "*"):
             if meta.weights is None
             else ("found" if _weights_found(name, meta) else "missing")
         )
+        if found == "found":
+            from mmpath.models._verify import marker_ok
+
+            if marker_ok(weights_dir(name)):
+                found = "verified"  # installed by `mmpath weights install`, checked, unchanged
         rows.append(
             {
                 "name": name,

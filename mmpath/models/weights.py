@@ -25,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,14 @@ class WeightsSpec:
 
 
 def weights_dir(name: str) -> Path:
-    """``$MMPATH_HOME/weights/<name>/``: where ``mmpath weights install`` puts a model."""
-    return mmpath_home() / "weights" / name
+    """``$MMPATH_HOME/weights/<name>/``: where ``mmpath weights install`` puts a model.
+
+    ``name`` must be one safe path component (:func:`mmpath._names.check_name`): ``.``,
+    ``..``, ``''`` or a name with ``/`` would point at the weights folder itself or outside it.
+    """
+    from mmpath._names import check_name
+
+    return mmpath_home() / "weights" / check_name(name, what="weights name")
 
 
 def _package_dir(package: str) -> Path | None:
@@ -209,7 +216,15 @@ def _pick_file(folder: Path, files: Iterable[str]) -> list[Path]:
     )
 
 
-def _read_one(path: Path) -> dict[str, torch.Tensor]:
+def _reader_message(err: BaseException) -> str:
+    """A reader's whole error on one line (torch's weights_only refusal: its reason part)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    cut = text.find("WeightsUnpickler error:")
+    return text[cut:] if cut >= 0 else text
+
+
+def _read_one(path: Path, *, lazy: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of one file; ``lazy`` memory-maps pickled checkpoints (shapes, no data)."""
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     try:
@@ -217,12 +232,18 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notes: the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
+            except RuntimeError as err:
+                if not lazy or "mmap" not in str(err):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except Exception as err:  # noqa: BLE001 - every reader error means "unreadable"
-        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise WeightsError(
-            f"cannot read weights {path}: the file is corrupt or not a checkpoint ({msg}); "
-            "download it again"
+            f"cannot read weights {path}: the file is corrupt or not a checkpoint "
+            f"({_reader_message(err)}); download it again"
         ) from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):

@@ -113,7 +113,9 @@ class SegmentationResult:
             raise DataError(f"unknown mask format(s) {bad}; choose from {list(MASK_FORMATS)}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stem = stem or self.slide_id
+        from mmpath._names import check_name
+
+        stem = check_name(stem or self.slide_id, what="file stem (slide id)")
         paths = []
         if "png" in formats:
             paths.append(write_mask_png(self.mask, out / f"{stem}.png", len(self.class_names)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -228,10 +229,15 @@ def test_conch_entry_says_what_to_install_when_missing(monkeypatch):
 
 def test_weights_install_by_hub_id_uses_the_alias(mmpath_home, hf_cache, plip_format):
     from mmpath.cli import main
+    from mmpath.cli.models import install_name
 
+    assert install_name("vinid/plip") == "plip" and install_name("org/x") == "org--x"
     assert M.list_encoders("plip")["weights"].iloc[0] == "missing"
-    assert main(["weights", "install", "vinid/plip", str(plip_format)]) == 0
-    assert (mmpath_home / "weights" / "plip" / "config.json").is_file()
+    # the tiny test CLIP is not PLIP: install checks shapes against PLIP built on meta
+    assert main(["weights", "install", "vinid/plip", str(plip_format)]) == 2
+    assert not (mmpath_home / "weights" / "plip").exists()
+    # copied by hand (not checked): "found", not "verified"
+    shutil.copytree(plip_format, mmpath_home / "weights" / "plip")
     assert M.list_encoders("plip")["weights"].iloc[0] == "found"
 
 
