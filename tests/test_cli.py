@@ -119,3 +119,34 @@ def test_tile_refuses_two_slides_with_one_stem(tmp_path, capsys):
     assert main([*base, str(b)]) == 2
     assert "already holds slide 's'" in capsys.readouterr().err
     assert io.read_h5ad(out / "s.h5ad").uns["mmpath"]["slides"]["s"]["path"] == str(a)
+
+
+def test_unexpected_exception_is_one_line(monkeypatch, capsys):
+    from mmpath.cli import build_parser
+
+    def boom(args):
+        raise ValueError("first line\nsecond line of a library message")
+
+    parser = build_parser()
+    monkeypatch.setattr("mmpath.cli.build_parser", lambda: _Fixed(parser, boom))
+    assert main(["info", "x.svs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "ValueError: first line second line" in err[0] and "--debug" in err[0]
+    with pytest.raises(ValueError):
+        main(["--debug", "info", "x.svs"])
+
+
+class _Fixed:
+    """A parser whose verb function raises (the exception comes from inside a verb)."""
+
+    def __init__(self, parser, func):
+        self.parser, self.func = parser, func
+
+    def parse_args(self, argv):
+        args = self.parser.parse_args(argv)
+        args.func = self.func
+        return args
+
+    def print_help(self):
+        self.parser.print_help()

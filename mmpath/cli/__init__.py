@@ -2,7 +2,8 @@
 
 Each verb lives in a small module of this package exposing ``register(subparsers)``; the
 parser's ``func(args) -> int`` does the work. Errors print one line and exit 2 (``--debug``
-shows the traceback); a KeyboardInterrupt exits 130.
+shows the traceback); a KeyboardInterrupt exits 130. Any other exception is a bug or an
+unforeseen input: it too is one line (type and message, exit 2) naming ``--debug``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmpath: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - last resort: a bug or an unforeseen input
+        if args.debug:
+            raise
+        text = " ".join(str(err).split())[:300] or "no message"
+        print(
+            f"mmpath: error: {type(err).__name__}: {text} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         warnings.showwarning = shown
 
