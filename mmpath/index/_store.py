@@ -96,14 +96,52 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise IndexError_(f"the manifest of {str(path)!r} is unreadable ({err})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexError_(f"{str(path)!r} is not an mmpath tile index")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    _check_manifest(manifest, path)
+    return manifest
+
+
+_REQUIRED = ("format_version", "files", "n_vectors", "n_slides", "dim")
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest missing a required field or a checksum, before faiss parses a file.
+
+    The checksums are mandatory because ``faiss.read_index`` on a damaged file can return
+    wrong neighbours or abort the process; unknown optional fields are tolerated.
+    """
+    where = f"the manifest of {str(path)!r}"
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise IndexError_(f"{where} lacks {', '.join(missing)}; rebuild the index")
+    version = manifest["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise IndexError_(f"{where} has a malformed format_version {version!r}; rebuild the index")
+    if version > FORMAT_VERSION:
         raise IndexError_(
             f"{str(path)!r} was written by a newer mmpath ({manifest.get('mmpath_version')}); "
             "upgrade mmpath to read it"
         )
-    return manifest
+    for key in ("n_vectors", "n_slides", "dim"):
+        v = manifest[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise IndexError_(f"{where} has a malformed {key} {v!r}; rebuild the index")
+    files = manifest["files"]
+    for name in (INDEX_FILE, META_FILE):
+        rec = files.get(name) if isinstance(files, dict) else None
+        ok = (
+            isinstance(rec, dict)
+            and isinstance(rec.get("sha256"), str)
+            and len(rec["sha256"]) == 64
+            and isinstance(rec.get("bytes"), int)
+            and not isinstance(rec.get("bytes"), bool)
+        )
+        if not ok:
+            raise IndexError_(
+                f"{where} has no valid checksum for {name} (sha256 and bytes are required); "
+                "rebuild the index"
+            )
 
 
 def load(
@@ -155,7 +193,8 @@ def load(
                 f"the index at {str(path)!r} holds {key} {have!r}, not {want!r}; query it with "
                 f"{have!r} or build an index for {want!r}"
             )
-    for name, rec in manifest.get("files", {}).items():
+    for name in (INDEX_FILE, META_FILE):
+        rec = manifest["files"][name]
         f = path / name
         if not f.is_file():
             raise IndexError_(f"the index at {str(path)!r} is missing {name}; restore or rebuild")

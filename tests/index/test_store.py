@@ -203,3 +203,42 @@ def test_same_table_twice_and_slide_tables_are_refused(table, make):
     slide_table = ad.AnnData(obs=pd.DataFrame({"n_tiles": [3]}, index=["S0"]))
     with pytest.raises(DataError, match="table 2 of 2 is a slide table"):
         mm.index.build([table, slide_table], use_rep=REP)
+
+
+def _edit_manifest(path, edit):
+    m = json.loads((path / "manifest.json").read_text())
+    edit(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.pop("files"), "lacks files"),
+        (lambda m: m.pop("n_vectors"), "lacks n_vectors"),
+        (lambda m: m.update(format_version="abc"), "malformed format_version"),
+        (lambda m: m["files"]["index.faiss"].pop("bytes"), "no valid checksum for index.faiss"),
+        (lambda m: m["files"].pop("index.faiss"), "no valid checksum for index.faiss"),
+        (lambda m: m["files"]["metadata.parquet"].update(sha256=None), "no valid checksum"),
+        (lambda m: m.update(dim="x"), "malformed dim"),
+    ],
+)
+def test_manifest_without_required_fields_or_checksums_is_refused(table, tmp_path, edit, match):
+    """Editing the manifest cannot switch the integrity check off (issue 10 item 4)."""
+    idx = mm.index.build(table, use_rep=REP)
+    path = idx.save(tmp_path / "a.idx")
+    _edit_manifest(path, edit)
+    with pytest.raises(IndexError_, match=match) as err:
+        mm.index.load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_flipped_bytes_with_checksums_removed_are_refused(table, tmp_path):
+    idx = mm.index.build(table, use_rep=REP)
+    path = idx.save(tmp_path / "a.idx")
+    raw = bytearray((path / "index.faiss").read_bytes())
+    raw[-400:-200] = bytes(b ^ 0xFF for b in raw[-400:-200])
+    (path / "index.faiss").write_bytes(bytes(raw))
+    _edit_manifest(path, lambda m: m.pop("files"))
+    with pytest.raises(IndexError_, match="lacks files"):
+        mm.index.load(path)
