@@ -129,6 +129,31 @@ def populate_hf_cache(cache: Path, repo_id: str, src: Path, revision: str = "a" 
 
 
 @pytest.fixture()
+def tiny_uni_entry(timm_format):
+    """A registry entry with a hub id, built by the real timm factory at tiny size."""
+    import mmpath.models as M
+    from mmpath.models.encoders.timm_tower import TimmEncoder
+    from mmpath.models.registry import encoders, register_encoder
+    from mmpath.models.weights import WeightsSpec
+
+    info = M.EncoderInfo("test_tiny_uni", "image", 32, license="test")
+    register_encoder("test_tiny_uni", info, weights=WeightsSpec(hub_id="org/tiny-uni"))(
+        lambda: TimmEncoder(
+            "vit_tiny_patch16_224",
+            info=info,
+            img_size=64,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            init_values=1e-5,
+            dynamic_img_size=True,
+        )
+    )
+    yield "test_tiny_uni"
+    del encoders._entries["test_tiny_uni"]
+
+
+@pytest.fixture()
 def hf_cache(tmp_path, monkeypatch) -> Path:
     """An empty HF cache (HF_HOME/HF_HUB_CACHE) with the hub offline."""
     import huggingface_hub.constants as C

@@ -102,28 +102,6 @@ def test_missing_offline_names_every_place_looked(hf_cache, mmpath_home):
     assert "mmpath weights install uni" in msg and "\n" not in msg
 
 
-@pytest.fixture()
-def tiny_uni_entry(timm_format):
-    """A registry entry with a hub id, built by the real timm factory at tiny size."""
-    from mmpath.models.encoders.timm_tower import TimmEncoder
-
-    info = M.EncoderInfo("test_tiny_uni", "image", 32, license="test")
-    register_encoder("test_tiny_uni", info, weights=WeightsSpec(hub_id="org/tiny-uni"))(
-        lambda: TimmEncoder(
-            "vit_tiny_patch16_224",
-            info=info,
-            img_size=64,
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            init_values=1e-5,
-            dynamic_img_size=True,
-        )
-    )
-    yield "test_tiny_uni"
-    del encoders._entries["test_tiny_uni"]
-
-
 def test_resolution_order(tiny_uni_entry, hf_cache, mmpath_home, timm_format, tmp_path):
     from mmpath.cli import main
 

@@ -13,8 +13,7 @@ import mmpath.models as M
 from mmpath._names import check_name, is_safe_name, to_component
 from mmpath.cli import main
 from mmpath.errors import UnsafeNameError, WeightsError
-from mmpath.models.registry import encoders, register_encoder
-from mmpath.models.weights import WeightsSpec, weights_dir
+from mmpath.models.weights import weights_dir
 
 BAD_NAMES = ["", ".", "..", "../x", "a/../b", "a/b/c", "/etc", "x\x00y", "x\\y", ".hidden", " uni"]
 
@@ -52,34 +51,13 @@ def test_bad_names_touch_nothing(name, mmpath_home, timm_format, capsys):
     assert _snapshot(mmpath_home) == before
 
 
-@pytest.fixture()
-def tiny_entry(timm_format):
-    from mmpath.models.encoders.timm_tower import TimmEncoder
-
-    info = M.EncoderInfo("test_tiny_uni2", "image", 32, license="test")
-    register_encoder("test_tiny_uni2", info, weights=WeightsSpec(hub_id="org/tiny-uni2"))(
-        lambda: TimmEncoder(
-            "vit_tiny_patch16_224",
-            info=info,
-            img_size=64,
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            init_values=1e-5,
-            dynamic_img_size=True,
-        )
-    )
-    yield "test_tiny_uni2"
-    del encoders._entries["test_tiny_uni2"]
-
-
 class _Boom:
     def __reduce__(self):
         return (os.system, ("touch pwned_by_weights",))
 
 
 def test_install_checks_what_it_copies(
-    tiny_entry, mmpath_home, timm_format, tmp_path, capsys, monkeypatch
+    tiny_uni_entry, mmpath_home, timm_format, tmp_path, capsys, monkeypatch
 ):
     monkey = tmp_path / "cwd"
     monkey.mkdir()
@@ -107,25 +85,25 @@ def test_install_checks_what_it_copies(
         "random": "corrupt or not a checkpoint",
         "truncated": "corrupt",
         "pickle": "corrupt or not a checkpoint",
-        "shapes": "do not match encoder 'test_tiny_uni2'",
+        "shapes": f"do not match encoder '{tiny_uni_entry}'",
     }
     for key, folder in bad.items():
-        assert main(["weights", "install", tiny_entry, str(folder)]) == 2, key
+        assert main(["weights", "install", tiny_uni_entry, str(folder)]) == 2, key
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, (key, err)
         assert __import__("re").search(wants[key], err[0]), (key, err)
-        assert not (mmpath_home / "weights" / tiny_entry).exists()
+        assert not (mmpath_home / "weights" / tiny_uni_entry).exists()
     assert not (monkey / "pwned_by_weights").exists()
     # the reader's message is shown whole (not cut at a fixed width)
     with pytest.raises(WeightsError) as info:
-        M.create_encoder(tiny_entry, weights=bad["random"])
+        M.create_encoder(tiny_uni_entry, weights=bad["random"])
     assert info.value.args[0].rstrip().endswith("download it again")
     # the real thing installs, and list says verified until a file changes
-    assert M.list_encoders(tiny_entry)["weights"].iloc[0] == "missing"
-    assert main(["weights", "install", tiny_entry, str(timm_format)]) == 0
+    assert M.list_encoders(tiny_uni_entry)["weights"].iloc[0] == "missing"
+    assert main(["weights", "install", tiny_uni_entry, str(timm_format)]) == 0
     assert "verified: names and shapes" in capsys.readouterr().out
-    assert M.list_encoders(tiny_entry)["weights"].iloc[0] == "verified"
-    assert M.create_encoder(tiny_entry).info.weights == str(weights_dir(tiny_entry))
-    with open(weights_dir(tiny_entry) / "config.json", "a") as fh:
+    assert M.list_encoders(tiny_uni_entry)["weights"].iloc[0] == "verified"
+    assert M.create_encoder(tiny_uni_entry).info.weights == str(weights_dir(tiny_uni_entry))
+    with open(weights_dir(tiny_uni_entry) / "config.json", "a") as fh:
         fh.write(" ")
-    assert M.list_encoders(tiny_entry)["weights"].iloc[0] == "found"
+    assert M.list_encoders(tiny_uni_entry)["weights"].iloc[0] == "found"
