@@ -8,7 +8,7 @@ STAMP := $(VENV)/.mmpath-installed
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 TESTDATA ?= $(HOME)/.cache/mmpath/testdata
 
-.PHONY: venv demo test test-all lint format bench testdata clean
+.PHONY: venv demo serve test test-all lint format bench testdata clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ testdata: venv
 
 demo: venv
 	MMPATH_TESTDATA=$(TESTDATA) $(BIN)/mmpath demo -o demo-out
+
+# The search page over the demo's index of the bundled sample (built on first use).
+serve: venv
+	$(BIN)/mmpath serve demo-out/serve.idx --demo --port $(or $(PORT),8000)
 
 test: venv testdata
 	MMPATH_TESTDATA=$(TESTDATA) $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
