@@ -19,18 +19,8 @@ from mmpath._version import __version__
 from mmpath.errors import MmpathError
 
 # Modules under mmpath.cli that contribute verbs, in help order.
-COMMAND_MODULES = [
-    "slides",
-    "models",
-    "embed",
-    "tasks",
-    "expr",
-    "search",
-    "train",
-    "heads",
-    "demo",
-    "serve",
-]
+COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "train", "heads", "demo"]
+COMMAND_MODULES += ["serve"]  # the search web page (mmpath.serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
