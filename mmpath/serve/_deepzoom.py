@@ -120,15 +120,19 @@ class DeepZoom:
     def _level_dims(self, level: int) -> tuple[int, int]:
         return tuple(int(v) for v in self.slide.level_dimensions[level])  # type: ignore[return-value]
 
-    def tile_jpeg(self, level: int, col: int, row: int) -> bytes:
-        """The JPEG bytes of one deep-zoom tile."""
+    def tile_image(self, level: int, col: int, row: int):
+        """One deep-zoom tile as a PIL RGB image (resampled as openslide's generator does)."""
         from PIL import Image
 
         r = self.tile_read(level, col, row)
         img = Image.fromarray(self.slide.read_region(r.location, r.level, r.size))
         if img.size != r.out_size:
             img.thumbnail(r.out_size, Image.Resampling.LANCZOS)
-        return encode_jpeg(img)
+        return img
+
+    def tile_jpeg(self, level: int, col: int, row: int) -> bytes:
+        """The JPEG bytes of one deep-zoom tile."""
+        return encode_jpeg(self.tile_image(level, col, row))
 
 
 def encode_jpeg(img, quality: int = JPEG_QUALITY) -> bytes:
