@@ -159,9 +159,17 @@ class Archive:
             raise ModelError(f"text search is off: {self.text_reason}")
         return text
 
+    def _check(self, where: str | None) -> None:
+        """Refuse a bad filter before any encoding work (the same safe parser)."""
+        if where is not None:
+            from mmpath.index import check_filter
+
+            check_filter(where, self.idx.metadata.columns)
+
     def search_text(self, text: str, k: int, where: str | None = None) -> list[dict]:
         """Hits of a text query."""
         text, k = self._text(text), self._k(k)
+        self._check(where)
         with self._encode_lock:
             hits = self.idx.search_text(text, k, encoder=self.encoder, where=where)
         return self._hits(hits)
@@ -169,6 +177,7 @@ class Archive:
     def search_image(self, image, k: int, where=None, mpp: float | None = None) -> list[dict]:
         """Hits of an uploaded image (a PIL image)."""
         k = self._k(k)
+        self._check(where)
         enc = self._require_encoder("image search")
         with self._encode_lock:
             hits = self.idx.search_image(image, k, encoder=enc, mpp=mpp, where=where)
@@ -196,6 +205,7 @@ class Archive:
     def search_tile(self, tile_id: int, k: int, where: str | None = None) -> list[dict]:
         """Hits most like an indexed tile ("more like this"), leaving the tile itself out."""
         k = self._k(k)
+        self._check(where)
         table = self._tile_query(tile_id)
         hits = self.idx.search_image(table, k, where=where, drop_neighbours=0)
         return self._hits(hits)
@@ -211,6 +221,7 @@ class Archive:
     ) -> list[dict]:
         """Slides ranked by the existing majority-vote slide search for one query."""
         k = max(1, min(int(k), len(self.records)))
+        self._check(where)
         tiles_k = min(len(self.idx), 50)
         if text is not None:
             from mmpath import tl
