@@ -78,6 +78,10 @@ def run(ctx: DemoContext) -> list[Section]:
         + table_html(rows)
         + f"<p class='muted'>CLI: <code>mmpath search {html.escape(path.name)} --tiles "
         "tiles.h5ad --rows 0:1 -k 8</code></p>"
+        + "<p class='muted'>Search by text or image in a web page, with a slide viewer that "
+        "zooms to each hit: <code>make serve</code> (or <code>mmpath serve "
+        "demo-out/serve.idx --demo</code>, which indexes the demo image-text model's joint "
+        "space), then open http://127.0.0.1:8000/.</p>"
     )
     ctx.state["index"] = idx
     return [Section(TITLE, body)]
