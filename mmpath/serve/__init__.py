@@ -6,8 +6,8 @@ an indexed tile, slide-level search, slide info, Deep Zoom descriptors and tiles
 
 Stack: **FastAPI on uvicorn** (ASGI). Picked over Flask because uploads are read as a stream
 and refused at the size limit without buffering the rest, request parameters are validated
-and documented in one place (the OpenAPI page at ``/api/docs`` documents the API for
-scripts), blocking work (faiss, torch, slide reads) runs in a bounded thread pool while the
+and documented in one place (the OpenAPI schema at ``/api/openapi.json`` documents the API
+for scripts), blocking work (faiss, torch, slide reads) runs in a bounded thread pool while the
 event loop keeps answering, and the test client runs the app in-process. Both are optional
 (``pip install 'mmpath[serve]'``); ``import mmpath`` never imports them.
 

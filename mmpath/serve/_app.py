@@ -62,7 +62,7 @@ def create_app(archive: Archive, *, allowed_hosts: list[str] | None = None):
     """
     app = FastAPI(
         title="mmpath search",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads from a CDN: not on an air-gapped page
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
@@ -76,8 +76,7 @@ def create_app(archive: Archive, *, allowed_hosts: list[str] | None = None):
     async def _headers(request: Request, call_next):
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
-        if not request.url.path.startswith("/api/docs"):
-            response.headers["Content-Security-Policy"] = CSP
+        response.headers["Content-Security-Policy"] = CSP
         return response
 
     @app.exception_handler(MmpathError)

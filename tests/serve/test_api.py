@@ -160,3 +160,10 @@ def test_remap_reopens_moved_slides(index_path, archive_dir, encoder):
 def test_sites_fixture_is_what_the_index_holds(archive):
     got = archive.idx.metadata.groupby("slide_id", observed=True)["site"].first().to_dict()
     assert got == SITES
+
+
+def test_openapi_schema_documents_the_api_and_no_cdn_docs(client):
+    paths = client.get("/api/openapi.json").json()["paths"]
+    for p in ("/api/search/text", "/api/search/image", "/api/search/tile/{tile_id}", "/api/info"):
+        assert p in paths
+    assert client.get("/api/docs").status_code == 404  # Swagger UI would load from a CDN

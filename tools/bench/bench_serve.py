@@ -7,7 +7,7 @@ model: ``mmpath.serve.demo_index``). The server runs as its own process (``mmpat
 Measured, side by side in one run:
 
 * **direct**: ``TileIndex.search_text`` / ``search_image`` and one Deep Zoom tile render,
-  called in this process, one at a time;
+  called in this process, one at a time, in a worker thread as the server calls them;
 * **http, 1 client**: the same requests through the API one at a time: the difference of the
   p50s is what the HTTP path adds (goal: <= 20 ms);
 * **http, N clients**: ``--clients`` concurrent clients for ``--seconds`` each (bounded loops),
@@ -25,6 +25,7 @@ Prints one JSON object. Everything is bounded: a few seconds per phase, loopback
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -277,13 +279,21 @@ def main(argv=None) -> dict:
                 ),
             }
             direct, one = {}, {}
-            for kind, (fd, fh, xd, xh) in calls.items():
+            # the direct calls run in a worker thread, as the server runs them (on a busy
+            # 2-core box torch's OpenMP team in the main thread ran 10x slower than in a worker
+            # thread here), so the difference is the HTTP path only
+            pool = ThreadPoolExecutor(1)
+            for kind, (fd0, fh, xd, xh) in calls.items():
+                fd = functools.partial(lambda f, x: pool.submit(f, x).result(), fd0)
                 fd(xd[0]), fh(xh[0])  # warm up both paths
                 d, h = paired(fd, fh, xd, xh, sec, 400)
                 direct[kind], one[kind] = pct(d), pct(h)
             direct["dz_tile_render"] = pct(
-                sequential(lambda a: dz.tile_jpeg(*a), addrs, sec / 2, len(addrs))
+                sequential(
+                    lambda a: pool.submit(dz.tile_jpeg, *a).result(), addrs, sec / 2, len(addrs)
+                )
             )
+            pool.shutdown()
             one["dz_tile_cold"] = pct(
                 sequential(lambda p: tile_req(c, p), tile_paths, 60, len(tile_paths))
             )
