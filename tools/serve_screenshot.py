@@ -67,7 +67,8 @@ def main() -> None:
         srv.should_exit = True
         thread.join(timeout=10)
     img = Image.open(io.BytesIO(png)).convert("RGB")
-    img = img.quantize(colors=192, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.Resampling.LANCZOS)
+    img = img.quantize(colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out, optimize=True)

@@ -113,6 +113,7 @@ class Archive:
             entry: dict[str, Any] = {"name": str(c)}
             if pd.api.types.is_bool_dtype(s):
                 entry["kind"] = "bool"
+                entry["values"] = sorted(bool(v) for v in pd.unique(s.dropna()))
             elif pd.api.types.is_numeric_dtype(s):
                 entry["kind"] = "number"
                 if len(s.dropna()):

@@ -56,7 +56,7 @@ function buildFilters(columns) {
         placeholder: c.name + " ≥", "aria-label": c.name + " at least", title: c.name + " ≥",
       });
       box.appendChild(i);
-    } else if (c.kind === "bool") {
+    } else if (c.kind === "bool" && c.values && c.values.length > 1) {
       const s = el("select", { "data-col": c.name, "data-bool": "1", "aria-label": c.name });
       s.appendChild(el("option", { value: "" }, c.name + ": any"));
       s.appendChild(el("option", { value: "True" }, c.name));
