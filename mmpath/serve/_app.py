@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmpath.errors import MmpathError, ModelError, SlideError
@@ -36,6 +37,27 @@ class TextQuery(BaseModel):
     k: int = Field(20, description="hits (slides with level='slides')")
     where: str | None = Field(None, description="metadata filter (the safe filter language)")
     level: str = Field("tiles", description="'tiles' or 'slides'")
+
+
+class _SecurityHeaders:
+    """Adds the CSP and nosniff headers to every response (plain ASGI: cheaper than
+    Starlette's ``BaseHTTPMiddleware`` on every request)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Content-Security-Policy"] = CSP
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
 
 
 def status_of(err: Exception) -> int:
@@ -72,12 +94,7 @@ def create_app(archive: Archive, *, allowed_hosts: list[str] | None = None):
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = CSP
-        return response
+    app.add_middleware(_SecurityHeaders)
 
     @app.exception_handler(MmpathError)
     async def _mmpath_error(request: Request, err: MmpathError):
@@ -149,18 +166,21 @@ def create_app(archive: Archive, *, allowed_hosts: list[str] | None = None):
         """Tiles (or slides) like an uploaded image: the request body is the image file."""
         level, where = _level(level), _where(where)
         data = await _read_body(request)
-        image = await run_in_threadpool(decode_image, data)
-        if level == "slides":
-            if mpp is not None:
-                raise ModelError(
-                    "slide-level image search assumes the encoder's magnification; leave mpp "
-                    "empty (or rescale the image) for the slides tab"
-                )
-            res = await run_in_threadpool(
-                lambda: archive.search_slides(image=image, k=k, where=where)
+        if level == "slides" and mpp is not None:
+            raise ModelError(
+                "slide-level image search assumes the encoder's magnification; leave mpp "
+                "empty (or rescale the image) for the slides tab"
             )
+
+        def work():  # decode and search in one worker-thread hop
+            image = decode_image(data)
+            if level == "slides":
+                return archive.search_slides(image=image, k=k, where=where)
+            return archive.search_image(image, k, where, mpp)
+
+        res = await run_in_threadpool(work)
+        if level == "slides":
             return _answer("image", level, res)
-        res = await run_in_threadpool(archive.search_image, image, k, where, mpp)
         note = None
         if mpp is None:
             note = "the image was taken to be at the encoder's magnification (set mpp to rescale)"
