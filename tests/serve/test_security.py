@@ -212,3 +212,21 @@ def test_page_loads_nothing_from_other_hosts(client):
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
     js = client.get("/static/app.js").text
     assert "http" not in js
+
+
+@pytest.mark.slow  # builds the demo index from scratch (tiling + embedding the sample)
+def test_cli_serve_demo_builds_the_index_then_serves_loopback(tmp_path, monkeypatch):
+    import uvicorn
+
+    from mmpath import index
+    from mmpath.cli import main
+
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    out = tmp_path / "serve.idx"
+    assert main(["-q", "serve", str(out), "--demo", "--port", "8124"]) == 0  # `make serve`
+    idx = index.load(out)
+    assert idx.embedding_key.endswith("_proj") and len(idx) > 100  # text search works on it
+    assert runs == [
+        {"host": "127.0.0.1", "port": 8124, "log_level": "warning", "access_log": False}
+    ]
