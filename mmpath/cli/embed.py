@@ -13,8 +13,17 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import input_error, parse_remap, progress, remap_arg, skip_table, summary
-from mmpath.errors import MmpathError
+from mmpath.cli._common import (
+    estimate_mpp_arg,
+    input_error,
+    parse_remap,
+    progress,
+    remap_arg,
+    skip_table,
+    slide_mpp_arg,
+    summary,
+)
+from mmpath.errors import MmpathError, SlideError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,8 @@ def register(sub) -> None:
         "--chunk-size", type=int, default=2048, help="tiles per checkpointed chunk (2048)"
     )
     remap_arg(p)
+    slide_mpp_arg(p)
+    estimate_mpp_arg(p)
     p.add_argument(
         "--overwrite", action="store_true", help="re-embed tables that already hold this embedding"
     )
@@ -56,6 +67,34 @@ def _done(adata, key: str, encoder_name: str, weights) -> bool:
     )
 
 
+def _settle_table_mpp(adata, args, remap) -> None:
+    """The mpp rule for tables: a slide tiled without a known mpp is refused unless
+    ``--slide-mpp`` or ``--estimate-mpp`` gives one (recorded in the table's provenance)."""
+    from mmpath import io
+    from mmpath.io import _prov
+    from mmpath.io._mpp import check_mpp
+    from mmpath.pp.mpp import settle_mpp
+
+    for sid in _prov.slide_ids(adata):
+        rec = _prov.slide_record(adata, sid)
+        known = rec.get("mpp") is not None
+        if args.slide_mpp is not None and not known:
+            mpp = check_mpp(args.slide_mpp, what=f"slide {sid!r}")
+            _prov.set_slide_mpp(adata, sid, mpp, source="override")
+        elif args.estimate_mpp:
+            with io.open_slide_from(adata, sid, remap=remap) as slide:
+                est = settle_mpp(slide, estimate=True)
+                if not known:
+                    _prov.set_slide_mpp(
+                        adata, sid, slide.mpp, source="estimate", estimate=est.to_dict()
+                    )
+        elif not known:
+            raise SlideError(
+                f"slide {sid!r} was tiled without a known mpp, so its tiles' magnification is "
+                "unknown; give it with --slide-mpp (e.g. --slide-mpp 0.5) or --estimate-mpp"
+            )
+
+
 def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
     """Embed one table file; returns (status, n_tiles) with status 'done' or 'skipped'."""
     from mmpath import io, tl
@@ -70,6 +109,7 @@ def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
     if not args.overwrite and _done(adata, key, encoder.info.name, weights):
         log.info("%s already holds %s from %s; skipping", path, key, encoder.info.name)
         return "skipped", adata.n_obs
+    _settle_table_mpp(adata, args, remap)
     ckpt = sidecar_path(path, key)
     tl.embed(
         adata,

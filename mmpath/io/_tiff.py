@@ -32,8 +32,8 @@ import numpy as np
 
 from mmpath.errors import SlideError, TileReadError
 from mmpath.io import _plain
+from mmpath.io._mpp import plausible_metadata_mpp
 from mmpath.io.slide import (
-    MPP_PLAUSIBLE,
     Slide,
     _check_mpp,
     _metadata_mpp,
@@ -143,9 +143,7 @@ class TiffSlide(Slide):
             found = _metadata_mpp(self.properties)
             if found is not None and not self._levels[0].page.is_tiled and found > 50:
                 found = None  # a plain striped image's screen dpi (72, 300), not a microscope
-            if found is not None and not MPP_PLAUSIBLE[0] <= found <= MPP_PLAUSIBLE[1]:
-                log.warning("%s: ignoring implausible mpp %.4g in metadata", what, found)
-                found = None
+            found = plausible_metadata_mpp(found, what)
             self.mpp, self.mpp_source = found, ("metadata" if found is not None else None)
         # openslide's normalised names too, so code reading properties works on either backend.
         self.properties.update(_openslide_props(self))

@@ -73,7 +73,7 @@ def open_slide_from(adata, slide_id: str | None = None, *, remap: Remap = None) 
             f"slide {slide_id!r} was an in-memory image with no file; pass slide= explicitly"
         )
     path = _remap_path(path, remap)
-    mpp = rec.get("mpp") if rec.get("mpp_source") == "override" else None
+    mpp = rec.get("mpp") if rec.get("mpp_source") in ("override", "estimate") else None
     return open_slide(path, mpp=mpp, slide_id=slide_id, backend=_backend(rec))
 
 
@@ -132,7 +132,7 @@ class TileReader:
             rec = _prov.slide_record(adata, sid)
             t = _prov.tiling(adata, sid)
             path = _remap_path(rec["path"], remap) if rec.get("path") else None
-            mpp = rec.get("mpp") if rec.get("mpp_source") == "override" else None
+            mpp = rec.get("mpp") if rec.get("mpp_source") in ("override", "estimate") else None
             self.specs[sid] = _SlideSpec(
                 path, mpp, t["level"], t["read_size"], t["size"], _backend(rec)
             )

@@ -129,6 +129,15 @@ def slide_preprocess(tiles, slide_id: str, data) -> Preprocess:
     """The preprocessing of one slide's tiles, from the table's tiling provenance."""
     t = _prov.tiling(tiles, slide_id)
     eff = t.get("mpp_effective")
+    if eff is None and getattr(data, "mpp", None):
+        # The mpp rule (mmpath/io/_mpp.py): say what is assumed, never silently.
+        log.warning(
+            "slide %r was tiled without a known mpp: its tiles are resized to the encoder's "
+            "input as they are, at an unknown magnification (the encoder expects %.3g µm/px); "
+            "give the slide's mpp when tiling (mpp= / --slide-mpp, or --estimate-mpp)",
+            slide_id,
+            data.mpp,
+        )
     return plan_preprocess(
         int(t["size"]), None if eff is None else float(eff), data, slide_id=slide_id
     )
@@ -164,7 +173,7 @@ def worker_init(worker_id: int) -> None:
     reader: TileReader = info.dataset.reader
     given = reader._given
     if given is not None and given.path is not None and not isinstance(given, ArraySlide):
-        mpp = given.mpp if given.mpp_source == "override" else None
+        mpp = given.mpp if given.mpp_source in ("override", "estimate") else None
         reader._given = open_slide(
             given.path, mpp=mpp, slide_id=given.slide_id, backend=given.backend
         )
