@@ -116,3 +116,16 @@ def test_target_round_trips_and_normalizer_pickles(crops, tmp_path):
     clone = pickle.loads(pickle.dumps(norm))
     np.testing.assert_array_equal(clone(a[:224, :224]), norm(a[:224, :224]))
     assert norm.describe()["target"] == target.to_dict()
+
+
+def test_macenko_fit_equals_torchstain(crops):
+    from mmpath.pp.stain import macenko_fit
+
+    for img in crops:
+        ref = NumpyMacenkoNormalizer()
+        ref.fit(img)
+        he, _, maxc = macenko_fit(img)
+        np.testing.assert_allclose(he, ref.HERef, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(maxc, ref.maxCRef, rtol=1e-6)
+    with pytest.raises(ValueError, match="no stained pixels"):
+        macenko_fit(np.full((32, 32, 3), 250, np.uint8))
