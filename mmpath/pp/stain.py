@@ -10,8 +10,9 @@ given, which is slow and unstable on tiles with little tissue (a tile of glass h
 plane). Here the source is fitted once per slide, on its tissue pixels at low resolution, and
 :class:`StainNormalizer` applies the fixed source->target mapping to each tile with
 torchstain's own formulas (for Macenko, unmixing and re-mixing folded into one 3 x 3 matrix
-on optical density, read from a 256-entry table: ~7x cheaper than torchstain per tile): ``tests/pp/test_stain.py`` proves the result equal
-to ``torchstain``'s ``normalize`` (within one grey level) when source and image are the same.
+on optical density, read from a 256-entry table: ~10x cheaper than torchstain per tile);
+``tests/pp/test_stain.py`` proves the result equal to ``torchstain``'s ``normalize`` (within
+one grey level) when source and image are the same.
 
 Glass stays glass: pixels whose darkest channel is above 235 keep their colour, those below
 215 take the normalised colour, and between the two the result blends linearly (optical
@@ -97,6 +98,34 @@ class StainTarget:
             raise DataError(f"not a stain target record: {d!r}") from None
         _check_method(method)
         return cls(method, {k: _plain(v) for k, v in params.items()}, str(d.get("source", "")))
+
+
+STAIN_FILE = "stain_target.json"  # in model folders: the target training normalised to
+
+
+def save_stain_target(target: StainTarget, folder: str | os.PathLike[str]) -> Path:
+    """Write ``target`` as ``<folder>/stain_target.json`` (model folders), atomically."""
+    import json
+
+    from mmpath.io._atomic import atomic_path
+
+    path = Path(folder) / STAIN_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(target.to_dict(), indent=2), encoding="utf-8")
+    return path
+
+
+def folder_stain_target(folder: str | os.PathLike[str]) -> StainTarget | None:
+    """The stain target a model folder was trained with, or ``None`` if it has none."""
+    import json
+
+    path = Path(folder) / STAIN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return StainTarget.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as err:
+        raise DataError(f"{str(path)!r} is not a valid stain target ({err})") from None
 
 
 def _plain(v):

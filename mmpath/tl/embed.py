@@ -354,7 +354,9 @@ def embed(
     stain
         A :class:`~mmpath.pp.StainTarget` (from :func:`mmpath.pp.fit_stain_target`, or its
         ``to_dict()``): every slide's tiles are stain-normalised to it before the model (the
-        slide's own stain fitted once on its thumbnail). Recorded in the provenance.
+        slide's own stain fitted once on its thumbnail). Recorded in the provenance. A model
+        folder trained with ``data.stain`` carries its target (``stain_target.json``), used
+        when ``stain`` is ``None``.
 
     Returns
     -------
@@ -385,6 +387,12 @@ def embed(
     weights_id = _weights_id(model, weights)
     # -- stain normalisation (issue 15): the target, as recorded and checkpointed ----------
     stain_rec = None
+    if stain is None and str(weights_id or "").startswith("local-dir:"):
+        from mmpath.pp.stain import folder_stain_target
+
+        stain = folder_stain_target(str(weights_id)[len("local-dir:") :])
+        if stain is not None:
+            log.info("normalising stain to the %s target the model was trained with", stain.method)
     if stain is not None:
         from mmpath.pp.stain import StainTarget
 
