@@ -246,14 +246,27 @@ def segment_slide(
     >>> res.save("seg/", formats=("png", "geojson"))
     """
     what = f"slide {slide.slide_id!r}"
-    mpp = check_mpp(mpp, what=what, api="mpp=", cli="--mpp", target=True)
-    mask_mpp = check_mpp(mask_mpp, what=what, api="mask_mpp=", cli="--mask-mpp", target=True)
+    try:  # the one mpp rule; a bad argument stays a DataError here
+        mpp = check_mpp(mpp, what=what, api="mpp=", cli="--mpp", target=True)
+        mask_mpp = check_mpp(mask_mpp, what=what, api="mask_mpp=", cli="--mask-mpp", target=True)
+    except SlideError as err:
+        raise DataError(str(err)) from None
     if int(batch_size) < 1:
         raise DataError(f"batch_size must be >= 1 tile, got {batch_size}")
     head = load_head(model, "seg")
     T = int(head.tile_size)
     if mpp is None and head.mpp is not None and slide.mpp is not None:
         mpp = float(head.mpp)
+    elif mpp is None and head.mpp is not None:  # the mpp rule: say what is assumed
+        from mmpath._settings import spell
+
+        log.warning(
+            "slide %r has no mpp: segmenting at its native resolution, not at the %.3g µm/px "
+            "the model was trained at; give the slide's mpp with %s",
+            slide.slide_id,
+            head.mpp,
+            spell("open_slide(path, mpp=...)", "--slide-mpp"),
+        )
     overlap = T // 4 if overlap is None else int(overlap)
     margin = overlap // 4 if margin is None else int(margin)
     if not 0 <= overlap < T:

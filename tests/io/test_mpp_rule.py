@@ -16,7 +16,7 @@ from torch import nn
 import mmpath as mm
 from mmpath._settings import cli_surface, spell
 from mmpath.cli import main
-from mmpath.errors import SlideError
+from mmpath.errors import DataError, SlideError
 from mmpath.io._mpp import MPP_RANGE, check_mpp
 
 
@@ -146,7 +146,7 @@ def test_segment_refuses_a_mask_mpp_on_an_896_slide(tagged_896):
             mm.tl.segment_slide(slide, head, mask_mpp=4.0)
         with cli_surface(), pytest.raises(SlideError, match="--slide-mpp"):
             mm.tl.segment_slide(slide, head, mask_mpp=4.0)
-        with pytest.raises(SlideError, match="mask_mpp 1e\\+06 "):
+        with pytest.raises(DataError, match="mask_mpp 1e\\+06 "):
             mm.tl.segment_slide(slide, head, mask_mpp=1e6)
 
 
