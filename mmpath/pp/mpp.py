@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmpath._settings import spell
 from mmpath.errors import SlideError
 from mmpath.io.slide import Slide
 
@@ -161,7 +162,8 @@ def _nucleus_areas(img: np.ndarray, thr: tuple[float, float, float]) -> np.ndarr
 def _greyscale(slide: Slide) -> SlideError:
     return SlideError(
         f"slide {slide.slide_id!r} looks greyscale: nuclei cannot be told from the rest "
-        "without H&E colour, so its mpp cannot be estimated; give it explicitly"
+        "without H&E colour, so its mpp cannot be estimated; give it with "
+        + spell("mpp=", "--slide-mpp")
     )
 
 
@@ -302,7 +304,7 @@ def estimate_mpp(slide: Slide, *, n_patches: int = 6, patch: int = 768) -> MppEs
     if n < MIN_NUCLEI:
         raise SlideError(
             f"slide {slide.slide_id!r}: only {n} nuclei found (need {MIN_NUCLEI}); its mpp "
-            "cannot be estimated from nuclei; give it explicitly"
+            "cannot be estimated from nuclei; give it with " + spell("mpp=", "--slide-mpp")
         )
     logs, w = np.log(per_patch), np.asarray(counts, np.float64)
     d_px = math.exp(_wquantile(logs, w))
@@ -339,7 +341,6 @@ def settle_mpp(slide: Slide, *, estimate: bool) -> MppEstimate | None:
 
     Returns the estimate when one was made (also kept in the slide's provenance).
     """
-    from mmpath._settings import spell
     from mmpath.io._mpp import DISAGREE_FACTOR, disagreement
 
     if slide.mpp is None and not estimate:
