@@ -52,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = warnings.showwarning
     if not args.debug:  # Python warnings as one line each, like our own
         warnings.showwarning = _one_line_warning
+    from mmpath._settings import cli_surface
+
     try:
-        return int(args.func(args) or 0)
+        with cli_surface():  # error messages name CLI flags, not Python arguments
+            return int(args.func(args) or 0)
     except MmpathError as err:
         if args.debug:
             raise

@@ -74,3 +74,12 @@ def input_error(text: str) -> None:
     """One ``mmpath: error: ...`` line on stderr for an input a batch verb could not process
     (the batch goes on; the verb exits 2 at the end)."""
     print(f"mmpath: error: {text}", file=sys.stderr)
+
+
+def estimate_mpp_arg(parser) -> None:
+    parser.add_argument(
+        "--estimate-mpp",
+        action="store_true",
+        help="estimate each slide's µm/px from its nuclei: used when the metadata has none, "
+        "a warning when it disagrees with the metadata by more than 1.5x",
+    )

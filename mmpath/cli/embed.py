@@ -13,8 +13,17 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import input_error, parse_remap, progress, remap_arg, skip_table, summary
-from mmpath.errors import MmpathError
+from mmpath.cli._common import (
+    estimate_mpp_arg,
+    input_error,
+    parse_remap,
+    progress,
+    remap_arg,
+    skip_table,
+    slide_mpp_arg,
+    summary,
+)
+from mmpath.errors import MmpathError, SlideError
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +46,24 @@ def register(sub) -> None:
         "--chunk-size", type=int, default=2048, help="tiles per checkpointed chunk (2048)"
     )
     remap_arg(p)
+    slide_mpp_arg(p)
+    estimate_mpp_arg(p)
+    p.add_argument(
+        "--stain",
+        choices=["macenko", "reinhard"],
+        default=None,
+        help="stain-normalise tiles to --stain-target before the encoder",
+    )
+    p.add_argument(
+        "--stain-target", default=None, help="reference image or slide for --stain (ref.png)"
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="re-embed tables that already hold this embedding"
     )
     p.set_defaults(func=cmd_embed)
 
 
-def _done(adata, key: str, encoder_name: str, weights) -> bool:
+def _done(adata, key: str, encoder_name: str, weights, stain=None) -> bool:
     from mmpath import _keys as K
     from mmpath.io import _prov
 
@@ -53,10 +73,39 @@ def _done(adata, key: str, encoder_name: str, weights) -> bool:
         and rec is not None
         and rec.get("encoder") == encoder_name
         and rec.get("weights") == weights
+        and rec.get("stain") == stain
     )
 
 
-def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
+def _settle_table_mpp(adata, args, remap) -> None:
+    """The mpp rule for tables: a slide tiled without a known mpp is refused unless
+    ``--slide-mpp`` or ``--estimate-mpp`` gives one (recorded in the table's provenance)."""
+    from mmpath import io
+    from mmpath.io import _prov
+    from mmpath.io._mpp import check_mpp
+    from mmpath.pp.mpp import settle_mpp
+
+    for sid in _prov.slide_ids(adata):
+        rec = _prov.slide_record(adata, sid)
+        known = rec.get("mpp") is not None
+        if args.slide_mpp is not None and not known:
+            mpp = check_mpp(args.slide_mpp, what=f"slide {sid!r}")
+            _prov.set_slide_mpp(adata, sid, mpp, source="override")
+        elif args.estimate_mpp:
+            with io.open_slide_from(adata, sid, remap=remap) as slide:
+                est = settle_mpp(slide, estimate=True)
+                if not known:
+                    _prov.set_slide_mpp(
+                        adata, sid, slide.mpp, source="estimate", estimate=est.to_dict()
+                    )
+        elif not known:
+            raise SlideError(
+                f"slide {sid!r} was tiled without a known mpp, so its tiles' magnification is "
+                "unknown; give it with --slide-mpp (e.g. --slide-mpp 0.5) or --estimate-mpp"
+            )
+
+
+def embed_table(path: Path, encoder, args, remap, stain=None) -> tuple[str, int]:
     """Embed one table file; returns (status, n_tiles) with status 'done' or 'skipped'."""
     from mmpath import io, tl
     from mmpath.tl._checkpoint import sidecar_path
@@ -67,9 +116,11 @@ def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
         return "not tiles", 0
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)
-    if not args.overwrite and _done(adata, key, encoder.info.name, weights):
+    stain_rec = None if stain is None else stain.to_dict()
+    if not args.overwrite and _done(adata, key, encoder.info.name, weights, stain_rec):
         log.info("%s already holds %s from %s; skipping", path, key, encoder.info.name)
         return "skipped", adata.n_obs
+    _settle_table_mpp(adata, args, remap)
     ckpt = sidecar_path(path, key)
     tl.embed(
         adata,
@@ -81,6 +132,7 @@ def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
         remap=remap,
         chunk_size=args.chunk_size,
         checkpoint=ckpt,
+        stain=stain,
     )
     if args.weights is not None:  # record the weights as the user named them
         from mmpath import _keys as K
@@ -92,17 +144,35 @@ def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
     return "done", adata.n_obs
 
 
+def _stain_target(args):
+    """``--stain`` + ``--stain-target`` -> a fitted :class:`~mmpath.pp.StainTarget`."""
+    from mmpath.errors import ConfigError
+
+    if args.stain is None:
+        if args.stain_target is not None:
+            raise ConfigError("--stain-target needs --stain macenko|reinhard")
+        return None
+    if args.stain_target is None:
+        raise ConfigError(f"--stain {args.stain} needs --stain-target REF (an image or slide)")
+    from mmpath.pp.stain import fit_stain_target
+
+    if not Path(args.stain_target).exists():
+        raise ConfigError(f"--stain-target {args.stain_target!r} does not exist")
+    return fit_stain_target(args.stain_target, method=args.stain)
+
+
 def cmd_embed(args) -> int:
     from mmpath.tl.embed import resolve_encoder
 
     remap = parse_remap(args.remap)
+    stain = _stain_target(args)
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
     n_done = n_skipped = n_tiles = 0
     failures = []
     for name in progress(args.tables, args, desc="embedding", unit="table"):
         path = Path(name)
         try:
-            status, n = embed_table(path, encoder, args, remap)
+            status, n = embed_table(path, encoder, args, remap, stain)
         except MmpathError as err:
             input_error(f"{path}: {err}")
             failures.append(path)

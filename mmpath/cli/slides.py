@@ -9,7 +9,14 @@ from pathlib import Path
 
 from mmpath import _keys as K
 from mmpath._names import check_name
-from mmpath.cli._common import input_error, progress, slide_mpp_arg, summary, warn
+from mmpath.cli._common import (
+    estimate_mpp_arg,
+    input_error,
+    progress,
+    slide_mpp_arg,
+    summary,
+    warn,
+)
 from mmpath.errors import MmpathError, SlideError
 
 log = logging.getLogger(__name__)
@@ -19,6 +26,9 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="print a slide's dimensions, levels, mpp and metadata")
     p.add_argument("slides", nargs="+", help="slide files")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--no-estimate", action="store_true", help="skip estimating the mpp from the nuclei"
+    )
     slide_mpp_arg(p)
     p.set_defaults(func=cmd_info)
 
@@ -34,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--no-thumbnail", action="store_true", help="skip the grid thumbnail PNG")
     p.add_argument("--overwrite", action="store_true", help="redo slides whose table exists")
     slide_mpp_arg(p)
+    estimate_mpp_arg(p)
     p.set_defaults(func=cmd_tile)
 
 
@@ -49,12 +60,17 @@ def cmd_info(args) -> int:
                 info["level_dimensions"] = [list(d) for d in slide.level_dimensions]
                 info["associated_images"] = slide.associated_image_names()
                 info["properties"] = dict(slide.properties)
+                if not args.no_estimate:
+                    info["mpp_estimate"] = _estimate_for_info(slide)
         except MmpathError as err:
             if args.debug:
                 raise
             input_error(str(err))
             failed += 1
             continue
+        verdict = _mpp_verdict(info)
+        if verdict:
+            warn(f"{path}: {verdict}")
         if args.json:
             print(json.dumps(info, indent=2))
             continue
@@ -62,11 +78,51 @@ def cmd_info(args) -> int:
         print(f"{info['slide_id']}: {path}")
         print(f"  vendor     {info['vendor']} ({info['backend']})")
         print(f"  size       {info['dims'][0]} x {info['dims'][1]} px, mpp {mpp}")
+        est = info.get("mpp_estimate")
+        if isinstance(est, dict):
+            print(
+                f"  estimate   {est['mpp']:.3g} µm/px from {est['n_nuclei']} nuclei "
+                f"(confidence {est['confidence']:.2f}, range {est['low']:.3g}-{est['high']:.3g})"
+            )
+        elif est:
+            print(f"  estimate   none ({est})")
         for i, (d, ds) in enumerate(zip(info["level_dimensions"], info["level_downsamples"])):
             print(f"  level {i}    {d[0]} x {d[1]} (downsample {ds:.4g})")
         if info["associated_images"]:
             print(f"  associated {', '.join(info['associated_images'])}")
     return 2 if failed else 0
+
+
+def _estimate_for_info(slide) -> dict | str:
+    """The nuclei-based estimate as a dict, or why there is none (one line)."""
+    from mmpath.pp import estimate_mpp
+
+    try:  # a quick look: 3 patches (tiling's --estimate-mpp measures 6)
+        return estimate_mpp(slide, n_patches=3).to_dict()
+    except MmpathError as err:
+        return str(err)
+
+
+def _mpp_verdict(info: dict) -> str | None:
+    """One warning when the mpp is unknown or disagrees with the estimate (the mpp rule)."""
+    from mmpath.io._mpp import DISAGREE_FACTOR, disagreement
+
+    est = info.get("mpp_estimate")
+    est_mpp = est["mpp"] if isinstance(est, dict) else None
+    if info["mpp"] is None:
+        guess = f"; the nuclei suggest ~{est_mpp:.3g} µm/px" if est_mpp else ""
+        return (
+            "no plausible mpp in the metadata" + guess + ": tile/embed need --slide-mpp or "
+            "--estimate-mpp"
+        )
+    ratio = disagreement(info["mpp"], est_mpp)
+    if ratio is not None and ratio > DISAGREE_FACTOR:
+        return (
+            f"mpp {info['mpp']:.4g} µm/px ({info['mpp_source']}) and the {est_mpp:.3g} "
+            f"estimated from the nuclei differ {ratio:.1f}x (> {DISAGREE_FACTOR}x); check the "
+            "scan's magnification, override with --slide-mpp"
+        )
+    return None
 
 
 def _thumbnail_path(out: Path, slide_id: str, inputs: set[Path]) -> Path:
@@ -86,6 +142,7 @@ def tile_one(
     """
     from mmpath import io, pl, pp
     from mmpath.io import _prov
+    from mmpath.pp.mpp import settle_mpp
 
     out = Path(args.out)
     seen = {} if seen is None else seen
@@ -97,6 +154,7 @@ def tile_one(
                 "write one table; rename one file or tile them into separate -o folders"
             )
         seen[sid] = slide.path
+        settle_mpp(slide, estimate=args.estimate_mpp)  # the mpp rule: refuse when unknown
         target = out / f"{sid}.h5ad"
         if target.exists() and not args.overwrite:
             done = io.read_h5ad(target)

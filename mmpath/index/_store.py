@@ -89,7 +89,10 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     mpath = path / MANIFEST_FILE
     if not path.is_dir():
-        raise IndexError_(f"no index at {str(path)!r} (expected a directory made by idx.save)")
+        from mmpath._settings import spell
+
+        made_by = spell("mm.index.build(...).save(path)", "`mmpath index build ... -o DIR`")
+        raise IndexError_(f"no index at {str(path)!r} (expected a directory made by {made_by})")
     if not mpath.is_file():
         raise IndexError_(f"{str(path)!r} has no {MANIFEST_FILE}; it is not an mmpath index")
     try:

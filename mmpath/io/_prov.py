@@ -83,3 +83,20 @@ def require_tile_table(adata, what: str = "the table") -> None:
     else:
         kind = f"not an mmpath tile table (no obs{missing})"
     raise DataError(f"{what} is {kind}; pass only the tile tables made by `mmpath tile`")
+
+
+def set_slide_mpp(
+    adata, slide_id: str, mpp: float, *, source: str, estimate: dict[str, Any] | None = None
+) -> None:
+    """Give a tiled slide its level-0 ``mpp`` after the fact (``mmpath embed --slide-mpp``).
+
+    The tiling geometry is unchanged (tiles were cut in pixels); their effective mpp follows.
+    """
+    rec = slide_record(adata, slide_id)
+    rec["mpp"], rec["mpp_source"] = float(mpp), source
+    if estimate is not None:
+        rec["mpp_estimate"] = estimate
+    t = rec.get(K.UNS_TILING)
+    if t is not None:
+        t["mpp_effective"] = float(mpp) * t["level_downsample"] * t["read_size"] / t["size"]
+    set_slide_record(adata, slide_id, rec)

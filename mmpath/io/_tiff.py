@@ -32,8 +32,8 @@ import numpy as np
 
 from mmpath.errors import SlideError, TileReadError
 from mmpath.io import _plain
+from mmpath.io._mpp import plausible_metadata_mpp
 from mmpath.io.slide import (
-    MPP_PLAUSIBLE,
     Slide,
     _check_mpp,
     _metadata_mpp,
@@ -90,6 +90,16 @@ class _Level:
         else:
             self.seg_h, self.seg_w = max(1, min(page.rowsperstrip, H)), W
         self.rows, self.cols = math.ceil(H / self.seg_h), math.ceil(W / self.seg_w)
+        # 8-bit RGB pixels as decoded (RGB, or JPEG YCbCr which decodes to RGB): a region
+        # inside one tile can be returned as a view of the decoded tile.
+        self.rgb8 = (
+            page.is_tiled
+            and S == 1
+            and C == 3
+            and np.dtype(page.dtype) == np.uint8
+            and int(page.photometric) in (2, 6)
+            and not tuple(page.extrasamples)
+        )
         self.memmap = None
         if page.is_contiguous and page.fillorder == 1 and page.predictor == 1:
             dtype = np.dtype(self.dtype).newbyteorder(byteorder)
@@ -143,9 +153,7 @@ class TiffSlide(Slide):
             found = _metadata_mpp(self.properties)
             if found is not None and not self._levels[0].page.is_tiled and found > 50:
                 found = None  # a plain striped image's screen dpi (72, 300), not a microscope
-            if found is not None and not MPP_PLAUSIBLE[0] <= found <= MPP_PLAUSIBLE[1]:
-                log.warning("%s: ignoring implausible mpp %.4g in metadata", what, found)
-                found = None
+            found = plausible_metadata_mpp(found, what)
             self.mpp, self.mpp_source = found, ("metadata" if found is not None else None)
         # openslide's normalised names too, so code reading properties works on either backend.
         self.properties.update(_openslide_props(self))
@@ -235,6 +243,9 @@ class TiffSlide(Slide):
             # non-integer downsample (4.0003 on real pyramids), so floor would shift by one.
             # openslide paints such regions at the fractional offset (a sub-pixel blend).
             lx, ly = int(math.floor(x / ds + 0.5)), int(math.floor(y / ds + 0.5))
+            view = self._segment_view(lv, level, lx, ly, w, h)
+            if view is not None:
+                return view
             out = np.full((h, w, 3), 255, np.uint8)  # outside the image is empty, as elsewhere
             x0, y0 = max(lx, 0), max(ly, 0)
             x1, y1 = min(lx + w, lv.width), min(ly + h, lv.height)
@@ -251,6 +262,32 @@ class TiffSlide(Slide):
                 ) from None
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = _to_rgb(raw, lv.page)
             return out
+
+    def _segment_view(
+        self, lv: _Level, level: int, lx: int, ly: int, w: int, h: int
+    ) -> np.ndarray | None:
+        """A read-only view into one cached decoded tile when the region lies inside it.
+
+        The common case (a 128 or 256 px tile on a 256 px tile grid of an 8-bit RGB level):
+        no assembly buffer, no white fill, no second copy; the caller copies once (into its
+        batch). ``None`` sends every other region through :meth:`_window`.
+        """
+        if not lv.rgb8 or lx < 0 or ly < 0 or lx + w > lv.width or ly + h > lv.height:
+            return None
+        r, c = ly // lv.seg_h, lx // lv.seg_w
+        if (ly + h - 1) // lv.seg_h != r or (lx + w - 1) // lv.seg_w != c:
+            return None
+        i = r * lv.cols + c
+        try:
+            seg = self._segments(lv, level, [i])[i]
+        except Exception:  # noqa: BLE001 - the general path reports the damage in one line
+            return None
+        if seg is None:
+            return None
+        ty, tx = ly - r * lv.seg_h, lx - c * lv.seg_w
+        view = seg[ty : ty + h, tx : tx + w]
+        view.flags.writeable = False  # it is the cache's array
+        return view
 
     def _window(self, lv: _Level, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level pixels ``[y0:y1, x0:x1]`` as ``(samples, h, w, contig)`` in the file's dtype."""

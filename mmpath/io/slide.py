@@ -18,7 +18,6 @@ tile never poisons the rest of the slide.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,27 +26,17 @@ from typing import Any
 import numpy as np
 
 from mmpath.errors import SlideError, TileReadError
-from mmpath.io import _plain
+from mmpath.io import _mpp, _plain
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Slide", "OpenSlideSlide", "ArraySlide", "open_slide"]
 
-# Scanners report 0.1-2 µm/px at level 0; plain images (thumbnails, microscope snapshots)
-# can be coarser. Beyond this range the metadata is almost certainly wrong.
-MPP_PLAUSIBLE = (0.01, 1000.0)
+MPP_PLAUSIBLE = _mpp.MPP_RANGE  # the one rule: mmpath/io/_mpp.py
 
 
 def _check_mpp(mpp: float | None, what: str) -> float | None:
-    if mpp is None:
-        return None
-    try:
-        mpp = float(mpp)
-    except (TypeError, ValueError):
-        raise SlideError(f"{what}: mpp must be a number in µm/px, got {mpp!r}") from None
-    if not math.isfinite(mpp) or mpp <= 0:
-        raise SlideError(f"{what}: mpp must be > 0 µm/px, got {mpp}")
-    return mpp
+    return _mpp.check_mpp(mpp, what=what)
 
 
 class Slide:
@@ -62,7 +51,7 @@ class Slide:
     mpp
         Level-0 microns per pixel (user override first, then metadata), or ``None``.
     mpp_source
-        ``"override"``, ``"metadata"`` or ``None``.
+        ``"override"``, ``"metadata"``, ``"estimate"`` (from its nuclei) or ``None``.
     """
 
     backend = "abstract"
@@ -74,6 +63,7 @@ class Slide:
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     properties: Mapping[str, str]
+    mpp_estimate: dict[str, Any] | None = None  # set by mm.pp.estimate_mpp's callers
 
     # -- geometry -------------------------------------------------------------------------
     @property
@@ -92,9 +82,16 @@ class Slide:
     def require_mpp(self) -> float:
         """The level-0 mpp, or a :class:`SlideError` saying how to provide it."""
         if self.mpp is None:
+            from mmpath._settings import spell
+
             raise SlideError(
-                f"slide {self.slide_id!r} has no mpp metadata; pass mpp=<µm per pixel> "
-                "(e.g. mpp=0.5; CLI: --slide-mpp 0.5), or tile by level= instead of mpp="
+                f"slide {self.slide_id!r} has no mpp metadata (or only an implausible one); give "
+                "its µm per pixel with "
+                + spell(
+                    "mpp= (e.g. open_slide(path, mpp=0.5)), or estimate it with "
+                    "mm.pp.estimate_mpp, or tile by level= instead of mpp=",
+                    "--slide-mpp (e.g. --slide-mpp 0.5), or --estimate-mpp",
+                )
             )
         return self.mpp
 
@@ -182,6 +179,7 @@ class Slide:
             "vendor": self.vendor,
             "level_count": self.level_count,
             "level_downsamples": [float(d) for d in self.level_downsamples],
+            **({"mpp_estimate": self.mpp_estimate} if self.mpp_estimate else {}),
         }
 
     def close(self) -> None:
@@ -293,10 +291,7 @@ class OpenSlideSlide(Slide):
         if mpp is not None:
             self.mpp, self.mpp_source = _check_mpp(mpp, what), "override"
         else:
-            found = _metadata_mpp(self.properties)
-            if found is not None and not MPP_PLAUSIBLE[0] <= found <= MPP_PLAUSIBLE[1]:
-                log.warning("%s: ignoring implausible mpp %.4g in metadata", what, found)
-                found = None
+            found = _mpp.plausible_metadata_mpp(_metadata_mpp(self.properties), what)
             self.mpp, self.mpp_source = found, ("metadata" if found is not None else None)
 
     def _handle(self):

@@ -73,7 +73,7 @@ def open_slide_from(adata, slide_id: str | None = None, *, remap: Remap = None) 
             f"slide {slide_id!r} was an in-memory image with no file; pass slide= explicitly"
         )
     path = _remap_path(path, remap)
-    mpp = rec.get("mpp") if rec.get("mpp_source") == "override" else None
+    mpp = rec.get("mpp") if rec.get("mpp_source") in ("override", "estimate") else None
     return open_slide(path, mpp=mpp, slide_id=slide_id, backend=_backend(rec))
 
 
@@ -132,7 +132,7 @@ class TileReader:
             rec = _prov.slide_record(adata, sid)
             t = _prov.tiling(adata, sid)
             path = _remap_path(rec["path"], remap) if rec.get("path") else None
-            mpp = rec.get("mpp") if rec.get("mpp_source") == "override" else None
+            mpp = rec.get("mpp") if rec.get("mpp_source") in ("override", "estimate") else None
             self.specs[sid] = _SlideSpec(
                 path, mpp, t["level"], t["read_size"], t["size"], _backend(rec)
             )
@@ -260,16 +260,32 @@ def read_tiles(
         raise ValueError("on_error must be 'fill' or 'raise'")
     reader = TileReader(tiles, slide=slide, remap=remap)
     out = np.empty((len(reader), reader.size, reader.size, 3), np.uint8)
-    failed = []
-    for i in range(len(reader)):
-        if on_error == "raise":
-            out[i] = reader._read_view(i)
-        else:
-            out[i], ok = reader._guarded(reader._read_view, i)
-            if not ok:
-                failed.append(str(reader.names[i]))
-    _warn_failed(failed)
+    if on_error == "raise":
+        read = reader._read_view
+        for i in range(len(reader)):
+            out[i] = read(i)
+        return out
+    _warn_failed([str(reader.names[i]) for i in _fill_rows(reader, out, 0, len(reader))])
     return out
+
+
+def _fill_rows(reader: TileReader, out: np.ndarray, start: int, stop: int) -> list[int]:
+    """Read tiles ``start:stop`` into ``out[0:]``, one copy each (the reader may hand back a
+    read-only view of a decoded tile); damaged regions become white. Returns their indices.
+
+    This loop is the per-tile overhead of every batch read, so it stays bare: no tuple per
+    tile, no extra copy (see ``tools/bench/bench_tiling.py``, ``readers``).
+    """
+    read = reader._read_view
+    failed = []
+    for j, i in enumerate(range(start, stop)):
+        try:
+            out[j] = read(i)
+        except TileReadError as err:
+            log.warning("%s: %s", reader.names[i], err)
+            out[j] = 255
+            failed.append(i)
+    return failed
 
 
 class TileDataset:
@@ -319,12 +335,7 @@ def _init_worker(reader: TileReader, slots: np.ndarray | None = None) -> None:
 def _fill(out: np.ndarray, start: int, stop: int) -> list[int]:
     reader = _WORKER_READER
     assert reader is not None
-    failed = []
-    for j, i in enumerate(range(start, stop)):
-        out[j], ok = reader._guarded(reader._read_view, i)
-        if not ok:
-            failed.append(i)
-    return failed
+    return _fill_rows(reader, out, start, stop)
 
 
 def _read_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[int]]:

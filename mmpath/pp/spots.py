@@ -26,6 +26,7 @@ import pandas as pd
 from mmpath import _keys as K
 from mmpath.errors import DataError, SlideError
 from mmpath.io import _prov
+from mmpath.io._mpp import check_mpp
 from mmpath.io.slide import Slide
 from mmpath.io.visium import VISIUM_SPOT_DIAMETER_UM, spot_scalefactors
 from mmpath.pp.tiling import plan_read
@@ -101,9 +102,12 @@ def spot_tiles(
         raise DataError("the spatial table has no obsm['spatial']; read it with mm.io.read_visium")
     if not np.isfinite(diameter_um) or diameter_um <= 0:
         raise DataError(f"diameter_um must be > 0, got {diameter_um}")
-    for name, value in (("mpp", mpp), ("size", size)):
-        if value is not None and (not np.isfinite(value) or value <= 0):
-            raise DataError(f"{name} must be > 0, got {value}")
+    try:  # the one mpp rule; a bad request is a DataError here, like the other arguments
+        mpp = check_mpp(mpp, what="spot tiles", api="mpp=", cli="--mpp", target=True)
+    except SlideError as err:
+        raise DataError(str(err)) from None
+    if size is not None and (not np.isfinite(size) or size <= 0):
+        raise DataError(f"size must be > 0, got {size}")
     sf = spot_scalefactors(st, library_id=library_id)
     k = _scale(st, scale, library_id)
     # 55 µm (a Visium spot) spans spot_diameter_fullres full-resolution pixels.

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from mmpath import _keys as K
+from mmpath._settings import spell
 from mmpath.errors import SlideError
 from mmpath.io import _prov
+from mmpath.io._mpp import check_mpp
 from mmpath.io.slide import Slide
 from mmpath.pp.tissue import TissueMask, detect_tissue
 
@@ -56,15 +58,19 @@ def plan_read(
         if mpp is None:
             lds, level, read_size = 1.0, 0, int(size)
         else:
-            if not math.isfinite(mpp) or mpp <= 0:
-                raise SlideError(f"mpp must be > 0 µm/px, got {mpp}")
+            mpp = check_mpp(
+                mpp, what=f"slide {slide.slide_id!r}", api="mpp=", cli="--mpp", target=True
+            )
             m0 = slide.require_mpp()
             ds = mpp / m0
             if ds < 0.5:
                 raise SlideError(
                     f"slide {slide.slide_id!r} is {m0:.4g} µm/px but {mpp:.4g} µm/px was asked "
-                    f"({1 / ds:.3g}x upsampling): the slide's mpp metadata or the request is "
-                    "wrong; pass the right mpp= to open_slide or ask for a coarser mpp"
+                    f"({1 / ds:.3g}x upsampling): the slide's mpp or the request is wrong; give "
+                    + spell(
+                        "the slide's mpp with open_slide(path, mpp=...) or ask for a coarser mpp=",
+                        "the slide's mpp with --slide-mpp (or --estimate-mpp) or a coarser --mpp",
+                    )
                 )
             if ds < 1 / (1 + mpp_tolerance):
                 warnings.warn(

@@ -21,6 +21,7 @@ processes, so the main process only runs the model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -48,11 +49,14 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
+    stain: Any = None  # a picklable mm.pp.StainNormalizer applied to the uint8 tile first
 
     def __call__(self, img: np.ndarray):
         import torch
         from torchvision.transforms.v2 import functional as F
 
+        if self.stain is not None:
+            img = self.stain(img)
         x = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
         if self.resize_to is not None:
             x = F.resize(
@@ -67,7 +71,10 @@ class Preprocess:
         return F.normalize(x, list(self.mean), list(self.std))
 
     def describe(self) -> dict[str, Any]:
-        return {"tile_size": self.size, "resize_to": self.resize_to, "crop_to": self.crop_to}
+        out = {"tile_size": self.size, "resize_to": self.resize_to, "crop_to": self.crop_to}
+        if self.stain is not None:
+            out["stain_source"] = self.stain.source.to_dict()
+        return out
 
 
 def _interp(name: str):
@@ -125,13 +132,42 @@ def plan_preprocess(
     )
 
 
-def slide_preprocess(tiles, slide_id: str, data) -> Preprocess:
-    """The preprocessing of one slide's tiles, from the table's tiling provenance."""
+def slide_preprocess(tiles, slide_id: str, data, *, stain=None) -> Preprocess:
+    """The preprocessing of one slide's tiles, from the table's tiling provenance.
+
+    ``stain`` is the slide's :class:`~mmpath.pp.StainNormalizer` (see :func:`slide_stain`).
+    """
     t = _prov.tiling(tiles, slide_id)
     eff = t.get("mpp_effective")
-    return plan_preprocess(
+    if eff is None and getattr(data, "mpp", None):
+        # The mpp rule (mmpath/io/_mpp.py): say what is assumed, never silently.
+        log.warning(
+            "slide %r was tiled without a known mpp: its tiles are resized to the encoder's "
+            "input as they are, at an unknown magnification (the encoder expects %.3g µm/px); "
+            "give the slide's mpp when tiling (mpp= / --slide-mpp, or --estimate-mpp)",
+            slide_id,
+            data.mpp,
+        )
+    prep = plan_preprocess(
         int(t["size"]), None if eff is None else float(eff), data, slide_id=slide_id
     )
+    return prep if stain is None else dataclasses.replace(prep, stain=stain)
+
+
+def slide_stain(tiles, slide_id: str, target, *, slide: Slide | None, remap: Remap):
+    """The stain normaliser of one slide to ``target`` (its source fitted once), or None."""
+    if target is None:
+        return None
+    from mmpath.pp.stain import StainTarget, stain_normalizer
+
+    if not isinstance(target, StainTarget):
+        target = StainTarget.from_dict(target)
+    if slide is not None:
+        return stain_normalizer(slide, target)
+    from mmpath.io.tiles import open_slide_from
+
+    with open_slide_from(tiles, slide_id, remap=remap) as opened:
+        return stain_normalizer(opened, target)
 
 
 class EmbedDataset:
@@ -164,7 +200,7 @@ def worker_init(worker_id: int) -> None:
     reader: TileReader = info.dataset.reader
     given = reader._given
     if given is not None and given.path is not None and not isinstance(given, ArraySlide):
-        mpp = given.mpp if given.mpp_source == "override" else None
+        mpp = given.mpp if given.mpp_source in ("override", "estimate") else None
         reader._given = open_slide(
             given.path, mpp=mpp, slide_id=given.slide_id, backend=given.backend
         )

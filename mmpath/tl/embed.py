@@ -151,6 +151,7 @@ def _iter_chunks(
     remap: Remap,
     chunk_size: int,
     skip: Callable[[int, int], bool] = lambda start, stop: False,
+    stain=None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None, np.ndarray]]:
     """Embed one slide's tiles chunk by chunk: yields ``(start, stop, feats, proj, ok)``.
 
@@ -162,7 +163,7 @@ def _iter_chunks(
     sid = _prov.slide_ids(tiles)
     if len(sid) != 1:
         raise DataError(f"embed_slide takes one slide's tiles, got {len(sid)} slides")
-    prep = D.slide_preprocess(tiles, sid[0], model.info.data)
+    prep = D.slide_preprocess(tiles, sid[0], model.info.data, stain=stain)
     todo = [(a, b) for a, b in D.chunk_bounds(n, chunk_size) if not skip(a, b)]
     if not todo:
         return
@@ -319,6 +320,7 @@ def embed(
     remap: Remap = None,
     chunk_size: int = DEFAULT_CHUNK,
     checkpoint: str | os.PathLike[str] | None = None,
+    stain=None,
 ) -> None:
     """Embed every tile of a tile table with an image encoder (in place).
 
@@ -349,6 +351,12 @@ def embed(
     checkpoint
         A directory to checkpoint finished chunks in; a re-run with the same arguments
         resumes from it (see the module docstring). ``None`` keeps nothing.
+    stain
+        A :class:`~mmpath.pp.StainTarget` (from :func:`mmpath.pp.fit_stain_target`, or its
+        ``to_dict()``): every slide's tiles are stain-normalised to it before the model (the
+        slide's own stain fitted once on its thumbnail). Recorded in the provenance. A model
+        folder trained with ``data.stain`` carries its target (``stain_target.json``), used
+        when ``stain`` is ``None``.
 
     Returns
     -------
@@ -377,6 +385,19 @@ def embed(
     workers = default_num_workers() if num_workers is None else int(num_workers)
     chunk = D.round_chunk(int(chunk_size), batch_size)
     weights_id = _weights_id(model, weights)
+    # -- stain normalisation (issue 15): the target, as recorded and checkpointed ----------
+    stain_rec = None
+    if stain is None and str(weights_id or "").startswith("local-dir:"):
+        from mmpath.pp.stain import folder_stain_target
+
+        stain = folder_stain_target(str(weights_id)[len("local-dir:") :])
+        if stain is not None:
+            log.info("normalising stain to the %s target the model was trained with", stain.method)
+    if stain is not None:
+        from mmpath.pp.stain import StainTarget
+
+        stain = stain if isinstance(stain, StainTarget) else StainTarget.from_dict(stain)
+        stain_rec = stain.to_dict()
 
     store = None
     if checkpoint is not None:
@@ -392,6 +413,7 @@ def embed(
                 "chunk_size": chunk,
                 "data": asdict(info.data),
                 "params": _param_digest(model),
+                "stain": stain_rec,
             },
         )
 
@@ -417,7 +439,8 @@ def embed(
     for pos, sid in enumerate(ids):
         rows = np.flatnonzero(col == sid)
         sub = adata[rows] if len(ids) > 1 else adata
-        preprocess[sid] = D.slide_preprocess(sub, sid, info.data).describe()
+        norm = D.slide_stain(sub, sid, stain, slide=slide, remap=remap)  # None without stain=
+        preprocess[sid] = D.slide_preprocess(sub, sid, info.data, stain=norm).describe()
         loaded: set[tuple[int, int]] = set()
         if store is not None:
             for a, b in D.chunk_bounds(len(rows), chunk):
@@ -436,6 +459,7 @@ def embed(
             remap=remap,
             chunk_size=chunk,
             skip=lambda a, b, done=loaded: (a, b) in done,
+            stain=norm,
         ):
             put(rows[a:b], f, p, o)
             if store is not None:
@@ -469,6 +493,7 @@ def embed(
             "proj_key": proj_key,
             "preprocess": preprocess,
             "n_failed": int((~ok).sum()),
+            "stain": stain_rec,
             "mmpath_version": __version__,
         }
     )

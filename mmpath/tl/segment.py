@@ -29,6 +29,7 @@ import numpy as np
 from mmpath import _keys as K
 from mmpath.errors import DataError, ModelError, SlideError
 from mmpath.io import _prov
+from mmpath.io._mpp import check_mpp
 from mmpath.tl._blend import BandAccumulator, RowReducer, grid_starts, run_pipeline, tile_window
 
 log = logging.getLogger(__name__)
@@ -244,15 +245,28 @@ def segment_slide(
     >>> res = mm.tl.segment_slide(slide, "runs/seg1", mask_mpp=4.0)
     >>> res.save("seg/", formats=("png", "geojson"))
     """
-    for name, value in (("mpp", mpp), ("mask_mpp", mask_mpp)):
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise DataError(f"{name} must be a positive number of µm/px, got {value}")
+    what = f"slide {slide.slide_id!r}"
+    try:  # the one mpp rule; a bad argument stays a DataError here
+        mpp = check_mpp(mpp, what=what, api="mpp=", cli="--mpp", target=True)
+        mask_mpp = check_mpp(mask_mpp, what=what, api="mask_mpp=", cli="--mask-mpp", target=True)
+    except SlideError as err:
+        raise DataError(str(err)) from None
     if int(batch_size) < 1:
         raise DataError(f"batch_size must be >= 1 tile, got {batch_size}")
     head = load_head(model, "seg")
     T = int(head.tile_size)
     if mpp is None and head.mpp is not None and slide.mpp is not None:
         mpp = float(head.mpp)
+    elif mpp is None and head.mpp is not None:  # the mpp rule: say what is assumed
+        from mmpath._settings import spell
+
+        log.warning(
+            "slide %r has no mpp: segmenting at its native resolution, not at the %.3g µm/px "
+            "the model was trained at; give the slide's mpp with %s",
+            slide.slide_id,
+            head.mpp,
+            spell("open_slide(path, mpp=...)", "--slide-mpp"),
+        )
     overlap = T // 4 if overlap is None else int(overlap)
     margin = overlap // 4 if margin is None else int(margin)
     if not 0 <= overlap < T:
@@ -265,7 +279,7 @@ def segment_slide(
     factor = 1.0
     if mask_mpp is not None:
         if infer_mpp is None:
-            raise SlideError(f"slide {slide.slide_id!r} has no mpp; mask_mpp needs one")
+            slide.require_mpp()  # one message naming how to give the slide's mpp
         factor = max(1.0, float(mask_mpp) / infer_mpp)
     names = tuple(head.class_names) or tuple(str(c) for c in range(_n_classes(head)))
     C = len(names)

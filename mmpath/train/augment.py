@@ -12,6 +12,10 @@ The set suits H&E tiles, which have no canonical orientation and vary mostly in 
 * HED stain jitter (Tellez et al., 2018): colour deconvolution into haematoxylin, eosin and
   DAB optical densities (skimage's ``hed_from_rgb`` matrix), each stain scaled by
   ``U(1 - a, 1 + a)`` and shifted by ``U(-b, b)``, and back (``rgb_from_hed``);
+* Macenko stain jitter (torchstain's ``NumpyMacenkoAugmentor``, seeded): the tile's own
+  haematoxylin/eosin vectors and concentrations (:func:`mmpath.pp.stain.macenko_fit`), each
+  concentration scaled by ``U(1 - s1, 1 + s1)`` and shifted by ``U(-s2, s2)``, re-mixed with
+  the same vectors; glass stays glass, and a tile without stain is left as it is;
 * for self-supervised views: random resized crops, Gaussian blur and grayscale.
 """
 
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["AugmentConfig", "Augment", "sample_rng", "to_tensor", "hed_jitter"]
+__all__ = ["AugmentConfig", "Augment", "sample_rng", "to_tensor", "hed_jitter", "stain_jitter"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,15 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (1.0, 1.0)  # area fraction of random resized crops
     blur_prob: float = 0.0
     grayscale_prob: float = 0.0
+    stain_sigma1: float = 0.0  # Macenko concentration scale U(1 - v, 1 + v) (0: off)
+    stain_sigma2: float = 0.0  # Macenko concentration shift U(-v, v)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError("crop_scale must be (lo, hi) with 0 < lo <= hi <= 1")
-        for name in ("brightness", "contrast", "saturation", "hed_scale", "hed_shift"):
+        names = ("brightness", "contrast", "saturation", "hed_scale", "hed_shift")
+        for name in (*names, "stain_sigma1", "stain_sigma2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1)")
         if not (0 <= self.blur_prob <= 1 and 0 <= self.grayscale_prob <= 1):
@@ -86,6 +93,34 @@ def hed_jitter(img: np.ndarray, rng: np.random.Generator, scale: float, shift: f
     beta = rng.uniform(-shift, shift, size=3)
     od = (stains * alpha + beta) @ rgb_from_hed
     return np.clip(np.exp(-od), 0.0, 1.0).astype(np.float32)
+
+
+def stain_jitter(
+    img: np.ndarray, rng: np.random.Generator, sigma1: float, sigma2: float
+) -> np.ndarray:
+    """Macenko stain augmentation of a uint8 tile (torchstain's augmentor, with ``rng``).
+
+    The draws come in torchstain's order (scale then shift, haematoxylin then eosin), so with
+    the same numbers the result equals ``NumpyMacenkoAugmentor.augment`` (tested). Glass is
+    kept; a tile with no stained pixels is returned unchanged.
+    """
+    from mmpath.pp.stain import _GLASS_HI, _GLASS_LO, _IO, macenko_fit
+
+    try:
+        he, conc, _ = macenko_fit(img)
+    except (ValueError, np.linalg.LinAlgError):
+        return img
+    conc = conc.copy()
+    for i in range(conc.shape[0]):
+        conc[i, :] *= rng.uniform(1 - sigma1, 1 + sigma1)
+        conc[i, :] += rng.uniform(-sigma2, sigma2)
+    out = np.multiply(_IO, np.exp(-he.dot(conc)))
+    out[out > 255] = 255
+    out = np.reshape(out.T, img.shape).astype(np.uint8)
+    w = np.clip((img.min(-1).astype(np.float32) - _GLASS_LO) / (_GLASS_HI - _GLASS_LO), 0, 1)
+    if w.any():
+        out = (w[..., None] * img + (1 - w[..., None]) * out + 0.5).astype(np.uint8)
+    return out
 
 
 class Augment:
@@ -131,6 +166,8 @@ class Augment:
                 out = out[::-1]
         if cfg.rot90:
             out = np.rot90(out, int(rng.integers(0, 4)))
+        if cfg.stain_sigma1 or cfg.stain_sigma2:
+            out = stain_jitter(np.ascontiguousarray(out), rng, cfg.stain_sigma1, cfg.stain_sigma2)
         jitter = cfg.brightness or cfg.contrast or cfg.saturation
         hed = cfg.hed_scale or cfg.hed_shift
         gray = cfg.grayscale_prob and rng.random() < cfg.grayscale_prob

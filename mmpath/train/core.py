@@ -476,6 +476,7 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
         with atomic_path(model_dir) as tmp:
             tmp.mkdir(parents=True)
             task.export(tmp)
+            _export_stain(cfg, tmp)
         log.info("trained %d steps; model folder %s", step, model_dir)
     barrier(env)
     return FitResult(out, model_dir, step, list(losses), list(val_history))
@@ -500,3 +501,14 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
     from mmpath.train.dist import all_gather_object
 
     return all_gather_object(env, ckpt.rng_state())
+
+
+def _export_stain(cfg, folder: Path) -> None:
+    """Store the stain target the run normalised to in its model folder (issue 15), so
+    ``tl.embed`` with this model normalises the same way."""
+    data = getattr(cfg, "data", None)
+    if getattr(data, "stain", None) is None:
+        return
+    from mmpath.pp.stain import fit_stain_target, save_stain_target
+
+    save_stain_target(fit_stain_target(data.stain_target, method=data.stain), folder)

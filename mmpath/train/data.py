@@ -53,10 +53,18 @@ class TableConfig:
     tile_size: int = 224  # region side for slide rows without a size column
     input_size: int | None = None  # train at this size instead of the encoder's own
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # stain normalisation of every image to one target (macenko|reinhard + an image/slide);
+    # the fitted target is saved in the model folder, and tl.embed applies it at inference
+    stain: str | None = None
+    stain_target: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
+        if (self.stain is None) != (self.stain_target is None):
+            raise ValueError("data.stain and data.stain_target go together")
+        if self.stain is not None and self.stain not in ("macenko", "reinhard"):
+            raise ValueError(f"data.stain must be macenko or reinhard, got {self.stain!r}")
 
 
 class _Files:
@@ -119,6 +127,8 @@ class ImageTable:
     >>> img, caption = table.read(0), table.captions[0]
     """
 
+    stain = None  # a fitted StainTarget: every image is normalised to it when read
+
     def __init__(self, parts: list[Any], captions: list[str] | None) -> None:
         self.parts = parts
         self.offsets = np.cumsum([0] + [len(p) for p in parts])
@@ -130,7 +140,21 @@ class ImageTable:
     def read(self, i: int) -> np.ndarray:
         """Row ``i`` as ``uint8 (H, W, 3)``."""
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return self.parts[k].read(i - int(self.offsets[k]))
+        img = self.parts[k].read(i - int(self.offsets[k]))
+        if self.stain is not None:
+            img = _normalize_or_keep(img, self.stain)
+        return img
+
+
+def _normalize_or_keep(img: np.ndarray, target) -> np.ndarray:
+    """``img`` normalised to ``target`` (its own stain fitted); a tile without enough stained
+    tissue to fit (glass, a blank) has no stain to change and is kept as it is."""
+    from mmpath.pp.stain import normalize_stain
+
+    try:
+        return normalize_stain(np.ascontiguousarray(img), target)
+    except DataError:
+        return img
 
 
 def _read_frame(path: Path):
@@ -259,7 +283,12 @@ def load_table(paths: Sequence[str], cfg: TableConfig, *, captions: bool) -> Ima
         parts.append(part)
         if captions:
             caps.extend(c)
-    return ImageTable(parts, caps if captions else None)
+    table = ImageTable(parts, caps if captions else None)
+    if cfg.stain is not None:
+        from mmpath.pp.stain import fit_stain_target
+
+        table.stain = fit_stain_target(cfg.stain_target, method=cfg.stain)
+    return table
 
 
 def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

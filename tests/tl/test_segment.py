@@ -421,8 +421,8 @@ def test_slide_thinner_than_a_small_tile_and_bad_arguments():
     res = mm.tl.segment_slide(thin, head)
     assert res.mask.shape == (5, 200) and res.downsample == 1.0
     for kwargs, match in (
-        ({"mask_mpp": 0.0}, "mask_mpp must be a positive"),
-        ({"mpp": -1.0}, "mpp must be a positive"),
+        ({"mask_mpp": 0.0}, "mask_mpp must be > 0"),
+        ({"mpp": -1.0}, "mpp must be > 0"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
     ):
         with pytest.raises(DataError, match=match):

@@ -16,10 +16,20 @@ Targets (issue 2):
   <= 0.05;
 * ``memory.rss_growth`` (peak RSS reading 4N tiles / reading N tiles - 1) close to 0.
 
+Readers (issue 15, ``--readers``; was ``bench_reader.py``): on generated SVS-like pyramids
+(Aperio description, 256 px tiles, levels 1/4) stored as JPEG and as RGB JPEG 2000 (Aperio
+33005), tiles of 128 and 256 px are read at level 0 by (a) a bare ``openslide.read_region`` +
+RGB array loop, (b) ``mm.io.read_tiles`` through ``mm.io.open_slide`` (the default reader:
+the tifffile fast path on these files) and (c) the decode-only ceiling: imagecodecs decoding
+every raw tile the reads touch, once. Goal: ``ratio`` (b / a, tiles/s) >= 2 on TIFF-family
+slides. Two files stay with openslide (the fast path refuses them): a JPEG TIFF with one
+missing tile, and an SVS with YCbCr JPEG 2000 (33003); there the goal is ``ratio`` >= 0.95.
+
 Usage::
 
     python tools/bench/bench_tiling.py            # 20,000 x 20,000 px, a few minutes
     python tools/bench/bench_tiling.py --quick    # 6,000 x 6,000 px, seconds
+    python tools/bench/bench_tiling.py --readers --quick   # readers only, 2,048 px, seconds
 """
 
 from __future__ import annotations
@@ -128,12 +138,19 @@ print(json.dumps({{"n": n, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF)
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--readers" in argv:
+        from bench_tiling_readers import main as readers_main
+
+        return readers_main([a for a in argv if a != "--readers"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20_000, help="slide side in px")
     parser.add_argument("--quick", action="store_true", help="6,000 px slide, one repeat")
     parser.add_argument("--tile", type=int, default=256, help="tile side in px")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/mmpath/bench").expanduser())
+    parser.add_argument("--readers", action="store_true", help="the reader comparison only")
     args = parser.parse_args(argv)
     if args.quick:
         args.size = min(args.size, 6_000)
