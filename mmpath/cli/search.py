@@ -72,7 +72,12 @@ def register(sub) -> None:
     s.add_argument("--where", default=None, help="metadata filter, e.g. \"organ == 'colon'\"")
     s.add_argument("--encoder", default=None, help="encoder for images/text (default: index's)")
     s.add_argument("--weights", default=None, help="weights for --encoder")
-    s.add_argument("--mpp", type=float, default=None, help="µm/px of --image queries")
+    s.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm/px of --image queries (default: the index's tiling mpp, said in one line)",
+    )
     s.add_argument(
         "--drop-neighbours",
         type=float,
