@@ -74,3 +74,32 @@ def input_error(text: str) -> None:
     """One ``mmpath: error: ...`` line on stderr for an input a batch verb could not process
     (the batch goes on; the verb exits 2 at the end)."""
     print(f"mmpath: error: {text}", file=sys.stderr)
+
+
+_CAVEATS_SHOWN: set[str] = set()
+
+
+def caveat(text: str | None) -> None:
+    """One ``mmpath: caveat: ...`` line on stderr (once per run, kept with --quiet): the
+    outputs come from a demo or random-weight model (``mm.models.caveats.caveat``)."""
+    if text and text not in _CAVEATS_SHOWN:
+        _CAVEATS_SHOWN.add(text)
+        print(f"mmpath: caveat: {text}", file=sys.stderr)
+
+
+def encoder_caveat(encoder) -> str:
+    """The caveat of an Encoder instance (``""`` for real weights), printed once."""
+    from mmpath.models.caveats import caveat as _caveat
+
+    text = _caveat(encoder)
+    caveat(text)
+    return text
+
+
+def recorded_caveat(adata, key: str) -> str:
+    """The caveat recorded with ``obsm[key]``'s embedding provenance, printed once."""
+    from mmpath.index._tables import embedding_record
+
+    text = str(embedding_record(adata, key).get("caveat") or "")
+    caveat(text)
+    return text

@@ -13,7 +13,15 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import input_error, parse_remap, progress, remap_arg, skip_table, summary
+from mmpath.cli._common import (
+    encoder_caveat,
+    input_error,
+    parse_remap,
+    progress,
+    remap_arg,
+    skip_table,
+    summary,
+)
 from mmpath.errors import MmpathError
 
 log = logging.getLogger(__name__)
@@ -97,6 +105,7 @@ def cmd_embed(args) -> int:
 
     remap = parse_remap(args.remap)
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
+    encoder_caveat(encoder)
     n_done = n_skipped = n_tiles = 0
     failures = []
     for name in progress(args.tables, args, desc="embedding", unit="table"):

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, skip_table, summary
+from mmpath.cli._common import caveat, encoder_caveat, progress, skip_table, summary
 from mmpath.errors import ConfigError, IndexError_
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def cmd_build(args) -> int:
         tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None
     )
     idx.save(out)
+    caveat((idx.manifest.get("embedding") or {}).get("caveat"))
     summary(
         args,
         f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r} -> {out}",
@@ -224,10 +225,12 @@ def cmd_search(args) -> int:
 
     idx = index.load(args.index)
     encoder = args.encoder
-    if encoder is not None and args.weights is not None:
+    if encoder is not None:
         from mmpath.tl.embed import resolve_encoder
 
         encoder = resolve_encoder(encoder, weights=args.weights)
+        encoder_caveat(encoder)
+    caveat((idx.manifest.get("embedding") or {}).get("caveat"))
     params = parse_params(args.param) or None
     if args.tiles:
         query = _select_rows(io.read_h5ad(args.tiles), args.rows)

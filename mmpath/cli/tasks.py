@@ -14,7 +14,14 @@ import logging
 from pathlib import Path
 
 from mmpath._names import check_name
-from mmpath.cli._common import input_error, progress, skip_table, summary
+from mmpath.cli._common import (
+    encoder_caveat,
+    input_error,
+    progress,
+    recorded_caveat,
+    skip_table,
+    summary,
+)
 from mmpath.errors import ConfigError, DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,7 @@ def cmd_zeroshot(args) -> int:
     classes = parse_classes(args.classes)
     templates = read_templates(args.templates) if args.templates else None
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
+    encoder_caveat(encoder)
     out = Path(args.out) if args.out else None
     slide_tables, failures, n_tiles = [], [], 0
     for path in progress(args.tables, args, desc="zero-shot", unit="table"):
@@ -160,6 +168,7 @@ def cmd_probe(args) -> int:
     tables = [io.read_h5ad(p) for p in args.tables]
     adata = tables[0] if len(tables) == 1 else io.concat(tables)
     groups = None if args.groups.lower() == "none" else args.groups
+    note = recorded_caveat(adata, args.use_rep)
     df = tl.linear_probe(
         adata,
         label=args.label,
@@ -192,6 +201,7 @@ def cmd_probe(args) -> int:
             "folds": json.loads(df.drop(index=["mean", "std"]).to_json(orient="records")),
             "confusion_matrix": cm.to_numpy().tolist(),
             "tables": [str(p) for p in args.tables],
+            **({"caveat": note} if note else {}),
         }
         atomic_write_text(out / "report.json", json.dumps(report, indent=2))
         where = f" -> {out}"

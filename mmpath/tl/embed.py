@@ -96,6 +96,12 @@ def _device_of(model, device: str | None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _caveat(model) -> str:
+    from mmpath.models.caveats import caveat
+
+    return caveat(model) if hasattr(model, "info") else ""
+
+
 def _weights_id(model, weights: str | None) -> str | None:
     """A JSON-able description of the weights the model carries."""
     if weights is not None:
@@ -470,6 +476,7 @@ def embed(
             "preprocess": preprocess,
             "n_failed": int((~ok).sum()),
             "mmpath_version": __version__,
+            **({"caveat": _caveat(model)} if _caveat(model) else {}),
         }
     )
     root[K.UNS_EMBEDDINGS] = embeddings
