@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterable
 
@@ -103,3 +104,23 @@ def recorded_caveat(adata, key: str) -> str:
     text = str(embedding_record(adata, key).get("caveat") or "")
     caveat(text)
     return text
+
+
+def plots_arg(parser) -> None:
+    parser.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write PNG pictures of the results next to them (default: on when -o is a folder)",
+    )
+
+
+def want_plots(args, folder: bool) -> bool:
+    """``--plots``/``--no-plots`` when given, else on when the output is a folder."""
+    return bool(folder) if getattr(args, "plots", None) is None else bool(args.plots)
+
+
+def plot_failed(what: str, err: Exception) -> None:
+    """A picture that could not be drawn (e.g. its slide moved) is a warning, not a failure:
+    the results themselves were written."""
+    warn(f"could not draw {what}: {' '.join(str(err).split())[:200]}")

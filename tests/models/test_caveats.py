@@ -11,8 +11,7 @@ import pytest
 
 import mmpath as mm
 from mmpath import _keys as K
-from mmpath.cli import _common
-from mmpath.cli import main
+from mmpath.cli import _common, main
 from mmpath.models.caveats import caveat, vocabulary
 
 
