@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 from mmpath._version import __version__
+from mmpath.cli import _common
 from mmpath.errors import MmpathError
 
 # Modules under mmpath.cli that contribute verbs, in help order.
@@ -50,8 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in noisy:
         logging.getLogger(name).setLevel(logging.WARNING)
     shown = warnings.showwarning
-    if not args.debug:  # Python warnings as one line each, like our own
-        warnings.showwarning = _one_line_warning
+    dedup = _common.WarningDedup(show=1 if args.quiet else 3)
+    if not args.debug:  # Python warnings as one line each, like our own, deduplicated
+        warnings.showwarning = dedup.showwarning
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(dedup)
     try:
         return int(args.func(args) or 0)
     except MmpathError as err:
@@ -73,8 +77,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         warnings.showwarning = shown
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    text = " ".join(str(message).split())
-    print(f"mmpath: warning: {text}", file=sys.stderr)
+        dedup.summarise()

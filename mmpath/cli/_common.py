@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 from collections.abc import Iterable
 
@@ -124,3 +126,45 @@ def plot_failed(what: str, err: Exception) -> None:
     """A picture that could not be drawn (e.g. its slide moved) is a warning, not a failure:
     the results themselves were written."""
     warn(f"could not draw {what}: {' '.join(str(err).split())[:200]}")
+
+
+class WarningDedup(logging.Filter):
+    """Per run, each kind of warning (its message with quoted names and numbers blanked) is
+    shown ``show`` times; the rest are counted and summarised in one line at the end (so a
+    cohort of 150 slides does not print 300 lines). Used as a logging filter and as
+    ``warnings.showwarning``."""
+
+    def __init__(self, show: int = 3) -> None:
+        super().__init__()
+        self.show = show
+        self.counts: dict[str, int] = {}
+        self.example: dict[str, str] = {}
+
+    def _see(self, text: str) -> bool:
+        kind = _KIND.sub("…", text)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.example.setdefault(kind, text)
+        return self.counts[kind] <= self.show
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        return self._see(record.getMessage())
+
+    def showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if self._see(text):
+            print(f"mmpath: warning: {text}", file=sys.stderr)
+
+    def summarise(self) -> None:
+        for kind, n in self.counts.items():
+            if n > self.show:
+                print(
+                    f"mmpath: warning: {n} warnings like {self.example[kind][:120]!r} in this "
+                    f"run ({n - self.show} not shown; --debug shows all)",
+                    file=sys.stderr,
+                )
+        self.counts.clear()
+
+
+_KIND = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")
