@@ -27,3 +27,35 @@ def test_expression_section_mean_r_first_and_scale_named(tmp_path, testdata, mon
     assert best and float(best.group(1)) >= mean_r
     scale = re.search(r"measured range over the spots, (-?[0-9.]+) to (-?[0-9.]+)", body)
     assert scale and float(scale.group(2)) > float(scale.group(1))
+
+
+def test_skipped_step_says_why_on_the_console(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("MMPATH_TESTDATA", str(tmp_path / "empty"))
+    with caplog.at_level(logging.WARNING, logger="mmpath.demo"):
+        (section,) = step_expression.run(DemoContext(out=tmp_path))
+    assert "Skipped" in section.body_html
+    assert any("image-to-RNA step skipped" in r.message for r in caplog.records)
+
+
+def test_makefile_torch_index_and_demo_fetch():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+
+    def dry(*args):
+        cmd = [make, "-n", "-B", "-C", str(root), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    default = [ln for ln in dry("venv").splitlines() if "torch==" in ln]
+    assert default and "--index-url" not in default[0]  # today's default is unchanged
+    cpu = dry("venv", "TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==" in cpu
+    demo = dry("demo")
+    assert demo.index("fetch_test_data") < demo.index("mmpath demo")

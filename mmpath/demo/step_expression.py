@@ -11,6 +11,7 @@ encoder can be had offline, so the spots are described by the colour/texture fea
 from __future__ import annotations
 
 import html
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from mmpath import _keys as K
 from mmpath.demo.report import DemoContext, Section, figure_html, table_html
+
+log = logging.getLogger(__name__)
 
 TITLE = "Image-to-RNA (smoke demo: 49 spots is not a benchmark)"
 NOTE = (
@@ -30,9 +33,12 @@ NOTE = (
 )
 
 
+def _root() -> Path:
+    return Path(os.environ.get("MMPATH_TESTDATA", "~/.cache/mmpath/testdata")).expanduser()
+
+
 def _fixture() -> Path | None:
-    root = Path(os.environ.get("MMPATH_TESTDATA", "~/.cache/mmpath/testdata")).expanduser()
-    folder = root / "squidpy"
+    folder = _root() / "squidpy"
     ok = (folder / "test_data.h5ad").is_file() and (folder / "test_img.jpg").is_file()
     return folder if ok else None
 
@@ -47,6 +53,11 @@ def run(ctx: DemoContext) -> list[Section]:
 
     folder = _fixture()
     if folder is None:
+        log.warning(
+            "demo: image-to-RNA step skipped: the Visium test fixture is not in %s (run "
+            "`make testdata` or tools/fetch_test_data, or set $MMPATH_TESTDATA)",
+            _root(),
+        )
         return [
             Section(
                 TITLE,
