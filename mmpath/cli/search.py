@@ -344,4 +344,7 @@ def _write_hits(hits, path: Path) -> None:
         elif path.suffix in (".csv", ".tsv"):
             hits.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",")
         else:
-            raise ConfigError(f"--out must end in .csv, .tsv or .parquet, got {path.name!r}")
+            raise ConfigError(
+                f"--out must end in .csv, .tsv, .parquet (hits), .png or .html (gallery), or be "
+                f"a folder; got {path.name!r}"
+            )
