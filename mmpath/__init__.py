@@ -1,8 +1,9 @@
 """mmpath: multimodal representation learning for computational pathology.
 
-``import mmpath as mm`` is light: it loads ``io``, ``pp``, ``tl``, ``pl``, ``index`` and
-``datasets`` but never torch. ``mm.models`` (the only torch-importing subpackage) loads on
-first access; ``mmpath.train`` is imported explicitly by whoever trains.
+``import mmpath as mm`` is light: ``io``, ``pp``, ``tl``, ``pl``, ``index``, ``datasets`` and
+``models`` load on first access (``mm.tl`` imports scipy, ``mm.models`` torch), so the CLI's
+light commands (``mmpath --help``, ``mmpath info``) never pay for what they do not use;
+``mmpath.train`` is imported explicitly by whoever trains.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mmpath import datasets, errors, index, io, pl, pp, tl
+from mmpath import errors
 from mmpath._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mmpath import models
+    from mmpath import datasets, index, io, models, pl, pp, tl
+
+_LAZY = ("io", "pp", "tl", "pl", "index", "datasets", "models")
 
 __all__ = ["io", "pp", "tl", "pl", "index", "datasets", "errors", "models", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "models":
-        return importlib.import_module("mmpath.models")
+    if name in _LAZY:
+        return importlib.import_module(f"mmpath.{name}")
     raise AttributeError(f"module 'mmpath' has no attribute {name!r}")

@@ -22,32 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mmpath.models.encoders.demo import DEMO_LIT_CLASSES
+from mmpath.models.encoders.demo import DEMO_LIT_CLASSES, DEMO_LIT_PHRASES
 
 GLASS, PARTIAL = 0.2, 0.6
 MIN_BLOB = 8
 PX_AREA_UM2 = 0.25  # (0.5 µm)^2
 
-PHRASES = {
-    "glass": [
-        "background glass",
-        "mostly background glass with no tissue",
-        "empty glass slide background",
-        "blank background glass",
-    ],
-    "dense": [
-        "dense nuclei",
-        "densely packed nuclei",
-        "dense nuclei in haematoxylin-rich tissue",
-        "crowded dense nuclei",
-    ],
-    "moderate": ["moderately dense nuclei", "tissue with a moderate number of nuclei"],
-    "sparse": ["sparse nuclei", "eosin-rich stroma with sparse nuclei", "eosin-rich stroma"],
-    "partial": [
-        "the edge of the tissue, partly background glass",
-        "a tissue border next to background glass",
-    ],
-}
+PHRASES = {k: list(v) for k, v in DEMO_LIT_PHRASES.items()}  # one home: the package
 
 
 def _read_all(path: Path) -> tuple[Any, np.ndarray]:
@@ -151,9 +132,9 @@ def caption(bin_name: str, eosin_rich: bool, rng: np.random.Generator) -> str:
 
     options = list(PHRASES[bin_name])
     if bin_name == "sparse" and not eosin_rich:
-        options = ["sparse nuclei", "tissue with sparse nuclei"]
+        options = list(PHRASES["sparse_haematoxylin"])
     if bin_name == "moderate" and eosin_rich:
-        options.append("eosin-rich tissue with moderately dense nuclei")
+        options += PHRASES["moderate_eosin"]
     phrase = options[int(rng.integers(len(options)))]
     return DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))].format(phrase)
 

@@ -16,11 +16,13 @@ import warnings
 from collections.abc import Sequence
 
 from mmpath._version import __version__
+from mmpath.cli import _common
 from mmpath.errors import MmpathError
 
 # Modules under mmpath.cli that contribute verbs, in help order.
 COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "train", "heads", "demo"]
 COMMAND_MODULES += ["serve"]  # the search web page (mmpath.serve)
+COMMAND_MODULES += ["annotate"]  # issue 11: labels from the CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in noisy:
         logging.getLogger(name).setLevel(logging.WARNING)
     shown = warnings.showwarning
-    if not args.debug:  # Python warnings as one line each, like our own
-        warnings.showwarning = _one_line_warning
+    dedup = _common.WarningDedup(show=1 if args.quiet else 3)
+    if not args.debug:  # Python warnings as one line each, like our own, deduplicated
+        warnings.showwarning = dedup.showwarning
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(dedup)
     from mmpath._settings import cli_surface
 
     try:
@@ -76,8 +81,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         warnings.showwarning = shown
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    text = " ".join(str(message).split())
-    print(f"mmpath: warning: {text}", file=sys.stderr)
+        dedup.summarise()

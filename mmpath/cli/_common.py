@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+import re
 import sys
 from collections.abc import Iterable
 
@@ -83,3 +86,94 @@ def estimate_mpp_arg(parser) -> None:
         help="estimate each slide's µm/px from its nuclei: used when the metadata has none, "
         "a warning when it disagrees with the metadata by more than 1.5x",
     )
+
+
+_CAVEATS_SHOWN: set[str] = set()
+
+
+def caveat(text: str | None) -> None:
+    """One ``mmpath: caveat: ...`` line on stderr (once per run, kept with --quiet): the
+    outputs come from a demo or random-weight model (``mm.models.caveats.caveat``)."""
+    if text and text not in _CAVEATS_SHOWN:
+        _CAVEATS_SHOWN.add(text)
+        print(f"mmpath: caveat: {text}", file=sys.stderr)
+
+
+def encoder_caveat(encoder) -> str:
+    """The caveat of an Encoder instance (``""`` for real weights), printed once."""
+    from mmpath.models.caveats import caveat as _caveat
+
+    text = _caveat(encoder)
+    caveat(text)
+    return text
+
+
+def recorded_caveat(adata, key: str) -> str:
+    """The caveat recorded with ``obsm[key]``'s embedding provenance, printed once."""
+    from mmpath.index._tables import embedding_record
+
+    text = str(embedding_record(adata, key).get("caveat") or "")
+    caveat(text)
+    return text
+
+
+def plots_arg(parser) -> None:
+    parser.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write PNG pictures of the results next to them (default: on when -o is a folder)",
+    )
+
+
+def want_plots(args, folder: bool) -> bool:
+    """``--plots``/``--no-plots`` when given, else on when the output is a folder."""
+    return bool(folder) if getattr(args, "plots", None) is None else bool(args.plots)
+
+
+def plot_failed(what: str, err: Exception) -> None:
+    """A picture that could not be drawn (e.g. its slide moved) is a warning, not a failure:
+    the results themselves were written."""
+    warn(f"could not draw {what}: {' '.join(str(err).split())[:200]}")
+
+
+class WarningDedup(logging.Filter):
+    """Per run, each kind of warning (its message with quoted names and numbers blanked) is
+    shown ``show`` times; the rest are counted and summarised in one line at the end (so a
+    cohort of 150 slides does not print 300 lines). Used as a logging filter and as
+    ``warnings.showwarning``."""
+
+    def __init__(self, show: int = 3) -> None:
+        super().__init__()
+        self.show = show
+        self.counts: dict[str, int] = {}
+        self.example: dict[str, str] = {}
+
+    def _see(self, text: str) -> bool:
+        kind = _KIND.sub("…", text)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.example.setdefault(kind, text)
+        return self.counts[kind] <= self.show
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        return self._see(record.getMessage())
+
+    def showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if self._see(text):
+            print(f"mmpath: warning: {text}", file=sys.stderr)
+
+    def summarise(self) -> None:
+        for kind, n in self.counts.items():
+            if n > self.show:
+                print(
+                    f"mmpath: warning: {n} warnings like {self.example[kind][:120]!r} in this "
+                    f"run ({n - self.show} not shown; --debug shows all)",
+                    file=sys.stderr,
+                )
+        self.counts.clear()
+
+
+_KIND = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")

@@ -4,7 +4,10 @@ Each table is embedded with :func:`mmpath.tl.embed` and written back atomically.
 chunks are checkpointed next to the table (``<table>.h5ad.embed-<key>.partial/``), so an
 interrupted run resumes where it stopped; a table that already holds the embedding from the
 same encoder and weights is skipped (``--overwrite`` redoes it). The checkpoint is removed
-once the table is written.
+once the table is written. Tables smaller than one chunk (TMA cores, crop datasets: nothing to
+resume inside them) are embedded together in shared batches, up to a chunk of tiles at a time,
+then each is written back; per-table fixed costs (worker start-up, checkpoint files, one
+forward pass per tiny table) would otherwise dominate.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from mmpath.cli._common import (
+    encoder_caveat,
     estimate_mpp_arg,
     input_error,
     parse_remap,
@@ -105,43 +109,92 @@ def _settle_table_mpp(adata, args, remap) -> None:
             )
 
 
-def embed_table(path: Path, encoder, args, remap, stain=None) -> tuple[str, int]:
-    """Embed one table file; returns (status, n_tiles) with status 'done' or 'skipped'."""
-    from mmpath import io, tl
-    from mmpath.tl._checkpoint import sidecar_path
+def _open_table(path: Path, encoder, args, remap, stain=None):
+    """``(status, adata, key, weights)``: status 'todo', 'skipped' or 'not tiles'."""
+    from mmpath import io
     from mmpath.tl.embed import _weights_id, embedding_key
 
     adata = io.read_h5ad(path)
-    if skip_table(adata, path):
-        return "not tiles", 0
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)
+    if skip_table(adata, path):
+        return "not tiles", adata, key, weights
     stain_rec = None if stain is None else stain.to_dict()
     if not args.overwrite and _done(adata, key, encoder.info.name, weights, stain_rec):
         log.info("%s already holds %s from %s; skipping", path, key, encoder.info.name)
-        return "skipped", adata.n_obs
+        return "skipped", adata, key, weights
     _settle_table_mpp(adata, args, remap)
-    ckpt = sidecar_path(path, key)
-    tl.embed(
-        adata,
-        encoder,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        key_added=args.key_added,
-        remap=remap,
-        chunk_size=args.chunk_size,
-        checkpoint=ckpt,
-        stain=stain,
-    )
-    if args.weights is not None:  # record the weights as the user named them
-        from mmpath import _keys as K
-        from mmpath.io import _prov
+    return "todo", adata, key, weights
 
+
+def _embed_kwargs(args, remap) -> dict:
+    return {
+        "stain": args.stain_fitted,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": args.device,
+        "key_added": args.key_added,
+        "remap": remap,
+        "chunk_size": args.chunk_size,
+    }
+
+
+def _write(path: Path, adata, key: str, weights, args) -> None:
+    from mmpath import _keys as K
+    from mmpath import io
+    from mmpath.io import _prov
+
+    if args.weights is not None:  # record the weights as the user named them
         _prov.root(adata)[K.UNS_EMBEDDINGS][key]["weights"] = weights
     io.write_h5ad(adata, path)
-    shutil.rmtree(ckpt, ignore_errors=True)  # only once the table is safely written
+
+
+def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
+    """Embed one table file; returns (status, n_tiles) with status 'done' or 'skipped'."""
+    status, adata, key, weights = _open_table(path, encoder, args, remap, args.stain_fitted)
+    if status != "todo":
+        return status, adata.n_obs if status == "skipped" else 0
+    _embed_opened(path, adata, key, weights, encoder, args, remap)
     return "done", adata.n_obs
+
+
+def _embed_opened(path: Path, adata, key, weights, encoder, args, remap) -> None:
+    from mmpath import tl
+    from mmpath.tl._checkpoint import sidecar_path
+
+    ckpt = sidecar_path(path, key)
+    tl.embed(adata, encoder, **_embed_kwargs(args, remap), checkpoint=ckpt)
+    _write(path, adata, key, weights, args)
+    shutil.rmtree(ckpt, ignore_errors=True)  # only once the table is safely written
+
+
+def embed_group(group: list, encoder, args, remap) -> None:
+    """Embed several small tables (each under one chunk: nothing to resume inside them) in
+    shared batches (``tl.embed`` packs small slides), then write each back atomically.
+    ``group`` holds ``(path, adata, key, weights)``."""
+    from mmpath import _keys as K
+    from mmpath import io, tl
+    from mmpath.io import _prov
+
+    cohort = io.concat([g[1] for g in group])
+    tl.embed(cohort, encoder, **_embed_kwargs(args, remap))
+    key = group[0][2]
+    proj_key = f"{key}{K.PROJ_SUFFIX}"
+    rec = _prov.plain(_prov.root(cohort)[K.UNS_EMBEDDINGS][key])
+    start = 0
+    for path, adata, _, weights in group:
+        stop = start + adata.n_obs
+        adata.obsm[key] = cohort.obsm[key][start:stop]
+        if proj_key in cohort.obsm:
+            adata.obsm[proj_key] = cohort.obsm[proj_key][start:stop]
+        adata.obs[K.TILE_OK] = cohort.obs[K.TILE_OK].to_numpy()[start:stop]
+        sids = {str(s) for s in adata.obs[K.SLIDE_ID].unique()}
+        own = dict(rec, preprocess={s: v for s, v in rec["preprocess"].items() if s in sids})
+        own["n_failed"] = int((~adata.obs[K.TILE_OK].to_numpy(bool)).sum())
+        root = _prov.root(adata)
+        root[K.UNS_EMBEDDINGS] = {**_prov.plain(root.get(K.UNS_EMBEDDINGS, {})), key: own}
+        _write(path, adata, key, weights, args)
+        start = stop
 
 
 def _stain_target(args):
@@ -161,27 +214,72 @@ def _stain_target(args):
     return fit_stain_target(args.stain_target, method=args.stain)
 
 
+def _has_checkpoint(path: Path, key: str) -> bool:
+    from mmpath.tl._checkpoint import sidecar_path
+
+    return sidecar_path(path, key).exists()
+
+
 def cmd_embed(args) -> int:
     from mmpath.tl.embed import resolve_encoder
 
     remap = parse_remap(args.remap)
-    stain = _stain_target(args)
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
+    encoder_caveat(encoder)
+    args.stain_fitted = _stain_target(args)
     n_done = n_skipped = n_tiles = 0
     failures = []
+    group: list = []  # small tables waiting to share batches
+
+    def flush() -> int:
+        """Embed the waiting small tables together; a failure falls back to one by one,
+        so its error names the table."""
+        done = 0
+        if len(group) > 1:
+            try:
+                embed_group(group, encoder, args, remap)
+                done = len(group)
+            except MmpathError:
+                log.info("a table of a shared batch failed; embedding them one by one")
+        if not done:
+            for path, adata, key, weights in group:
+                try:
+                    _embed_opened(path, adata, key, weights, encoder, args, remap)
+                    done += 1
+                except MmpathError as err:
+                    input_error(f"{path}: {err}")
+                    failures.append(path)
+        group.clear()
+        return done
+
     for name in progress(args.tables, args, desc="embedding", unit="table"):
         path = Path(name)
         try:
-            status, n = embed_table(path, encoder, args, remap, stain)
+            status, adata, key, weights = _open_table(path, encoder, args, remap, args.stain_fitted)
         except MmpathError as err:
             input_error(f"{path}: {err}")
             failures.append(path)
             continue
-        n_tiles += n
         if status == "skipped":
             n_skipped += 1
-        elif status == "done":
+            n_tiles += adata.n_obs
+            continue
+        if status != "todo":
+            continue
+        n_tiles += adata.n_obs
+        small = adata.n_obs < args.chunk_size and not _has_checkpoint(path, key)
+        if small:
+            group.append((path, adata, key, weights))
+            if sum(g[1].n_obs for g in group) >= args.chunk_size:
+                n_done += flush()
+            continue
+        try:
+            _embed_opened(path, adata, key, weights, encoder, args, remap)
             n_done += 1
+        except MmpathError as err:
+            input_error(f"{path}: {err}")
+            failures.append(path)
+    n_done += flush()
     summary(
         args,
         f"embedded {n_done}/{len(args.tables)} table(s) with {args.encoder} "

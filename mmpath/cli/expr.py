@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from mmpath._names import to_component
-from mmpath.cli._common import parse_remap, remap_arg, slide_mpp_arg, summary
+from mmpath.cli._common import parse_remap, recorded_caveat, remap_arg, slide_mpp_arg, summary
 from mmpath.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,9 @@ def _embed(spots, slide, args, encoder_name: str) -> str:
     from mmpath.io import _prov
 
     recs = _prov.plain(_prov.root(spots).get(K.UNS_EMBEDDINGS, {}))
-    return next(k for k in reversed(list(recs)) if not k.endswith(K.PROJ_SUFFIX))
+    key = next(k for k in reversed(list(recs)) if not k.endswith(K.PROJ_SUFFIX))
+    recorded_caveat(spots, key)
+    return key
 
 
 def _tile_mpp(args) -> float | None:
@@ -242,6 +244,7 @@ def cmd_predict(args) -> int:
                 key_added=model.use_rep,
                 remap=remap,
             )
+    recorded_caveat(tiles, model.use_rep)
     pred = tl.predict_expression(tiles, model, genomic=_read_genomic(args.genomic))
     out = io.write_h5ad(pred, args.out)
     slide = io.open_slide_from(pred, remap=remap) if remap and args.heatmap else None

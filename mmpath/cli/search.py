@@ -7,8 +7,17 @@ import json
 import logging
 from pathlib import Path
 
-from mmpath.cli._common import progress, skip_table, summary
-from mmpath.errors import ConfigError, IndexError_
+from mmpath.cli._common import (
+    caveat,
+    encoder_caveat,
+    plot_failed,
+    plots_arg,
+    progress,
+    skip_table,
+    summary,
+    want_plots,
+)
+from mmpath.errors import ConfigError, IndexError_, MmpathError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +81,12 @@ def register(sub) -> None:
     s.add_argument("--where", default=None, help="metadata filter, e.g. \"organ == 'colon'\"")
     s.add_argument("--encoder", default=None, help="encoder for images/text (default: index's)")
     s.add_argument("--weights", default=None, help="weights for --encoder")
-    s.add_argument("--mpp", type=float, default=None, help="µm/px of --image queries")
+    s.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm/px of --image queries (default: the index's tiling mpp, said in one line)",
+    )
     s.add_argument(
         "--drop-neighbours",
         type=float,
@@ -100,7 +114,14 @@ def register(sub) -> None:
         metavar="NAME=VALUE",
         help="query-time parameter for this search (nprobe, efSearch, k_factor)",
     )
-    s.add_argument("-o", "--out", default=None, help="write hits to .csv or .parquet")
+    s.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        help="hits to .csv/.tsv/.parquet, a gallery to .png/.html, or a folder for hits.csv "
+        "+ gallery PNG and HTML per query",
+    )
+    plots_arg(s)
     s.add_argument("--json", action="store_true", help="print hits as JSON records")
     s.set_defaults(func=cmd_search)
 
@@ -147,6 +168,7 @@ def cmd_build(args) -> int:
         tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None
     )
     idx.save(out)
+    caveat((idx.manifest.get("embedding") or {}).get("caveat"))
     summary(
         args,
         f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r} -> {out}",
@@ -219,10 +241,12 @@ def cmd_search(args) -> int:
 
     idx = index.load(args.index)
     encoder = args.encoder
-    if encoder is not None and args.weights is not None:
+    if encoder is not None:
         from mmpath.tl.embed import resolve_encoder
 
         encoder = resolve_encoder(encoder, weights=args.weights)
+        encoder_caveat(encoder)
+    caveat((idx.manifest.get("embedding") or {}).get("caveat"))
     params = parse_params(args.param) or None
     if args.tiles:
         query = _select_rows(io.read_h5ad(args.tiles), args.rows)
@@ -254,16 +278,61 @@ def cmd_search(args) -> int:
             min_distance=args.min_distance,
             params=params,
         )
-    if args.out:
-        _write_hits(hits, Path(args.out))
+    out = Path(args.out) if args.out else None
+    folder = out is not None and (out.is_dir() or not out.suffix or args.out.endswith(("/", "\\")))
+    n_pics = 0
+    if out is not None and out.suffix.lower() in (".png", ".html", ".htm"):
+        n_pics = _galleries(hits, idx, query, args, out, one=True)
+    elif folder:
+        _write_hits(hits, out / "hits.csv")
+        if want_plots(args, True):
+            n_pics = _galleries(hits, idx, query, args, out)
+    elif out is not None:
+        _write_hits(hits, out)
+        if want_plots(args, False):
+            n_pics = _galleries(hits, idx, query, args, out.parent, stem=out.stem)
     if args.json:
         print(hits.to_json(orient="records"))
     elif not args.out:
         print(hits.to_string(index=False, max_colwidth=40))
     what = "slide(s)" if args.slide_level else "hit(s)"
     if not args.json:
-        summary(args, f"{len(hits)} {what}" + (f" -> {args.out}" if args.out else ""))
+        pics = f" ({n_pics} gallery file(s))" if n_pics else ""
+        summary(args, f"{len(hits)} {what}" + (f" -> {args.out}{pics}" if args.out else ""))
     return 0
+
+
+def _galleries(hits, idx, query, args, dest: Path, *, one: bool = False, stem: str = "gallery"):
+    """Gallery pictures of the hits: ``dest`` itself when ``one`` (its suffix says PNG or
+    HTML; the first query), else a PNG and an HTML page per query in folder ``dest``."""
+    import matplotlib.pyplot as plt
+
+    from mmpath import pl
+
+    if args.slide_level:
+        if one:
+            raise ConfigError("--slide-level hits are slides, not tiles: write them to .csv")
+        return 0
+    queries = sorted(hits["query"].unique()) if "query" in hits else [0]
+    if one and len(queries) > 1:
+        log.info("%d queries: the gallery shows the first (use -o <folder> for all)", len(queries))
+    n = 0
+    for q in queries[:1] if one else queries:
+        if args.text:
+            qarg, label = None, f"text: {args.text[q]!r}"
+        elif args.image:
+            qarg, label = args.image[q], f"image: {Path(args.image[q]).name}"
+        else:
+            qarg, label = query[int(q) : int(q) + 1], f"tile {query.obs_names[int(q)]}"
+        targets = [dest] if one else [dest / f"{stem}_{q}.png", dest / f"{stem}_{q}.html"]
+        for target in targets:
+            try:
+                fig = pl.gallery(hits, idx, query=qarg, query_id=int(q), title=label, save=target)
+                plt.close(fig)
+                n += 1
+            except MmpathError as err:
+                plot_failed(target.name, err)
+    return n
 
 
 def _write_hits(hits, path: Path) -> None:
@@ -275,4 +344,7 @@ def _write_hits(hits, path: Path) -> None:
         elif path.suffix in (".csv", ".tsv"):
             hits.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",")
         else:
-            raise ConfigError(f"--out must end in .csv, .tsv or .parquet, got {path.name!r}")
+            raise ConfigError(
+                f"--out must end in .csv, .tsv, .parquet (hits), .png or .html (gallery), or be "
+                f"a folder; got {path.name!r}"
+            )

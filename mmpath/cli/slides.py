@@ -186,8 +186,25 @@ def tile_one(
     return tiles.n_obs, target
 
 
+class _NoTissueNote(logging.Filter):
+    """``detect_tissue``'s per-slide "no tissue detected" is said once for the run by
+    ``cmd_tile``'s summary instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "no tissue detected" not in record.getMessage()
+
+
 def cmd_tile(args) -> int:
-    n_ok, n_tiles, failures = 0, 0, []
+    note = _NoTissueNote()
+    logging.getLogger("mmpath.pp.tissue").addFilter(note)
+    try:
+        return _tile_all(args)
+    finally:
+        logging.getLogger("mmpath.pp.tissue").removeFilter(note)
+
+
+def _tile_all(args) -> int:
+    n_ok, n_tiles, failures, empty = 0, 0, [], []
     seen: dict[str, str] = {}
     inputs = {Path(p).resolve() for p in args.slides}
     for path in progress(args.slides, args, desc="tiling", unit="slide"):
@@ -200,9 +217,15 @@ def cmd_tile(args) -> int:
             failures.append(path)
             continue
         if n == 0:
-            warn(f"{path}: no tissue tiles (empty table written)")
+            empty.append(Path(path).name)
         n_ok += 1
         n_tiles += n
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warn(
+            f"{len(empty)} slide(s) had no tissue tiles (empty tables written; lower "
+            f"--min-tissue or check them): {shown}"
+        )
     summary(
         args,
         f"tiled {n_ok}/{len(args.slides)} slide(s): {n_tiles} tiles -> {args.out}"

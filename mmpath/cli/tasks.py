@@ -14,7 +14,17 @@ import logging
 from pathlib import Path
 
 from mmpath._names import check_name
-from mmpath.cli._common import input_error, progress, skip_table, summary
+from mmpath.cli._common import (
+    encoder_caveat,
+    input_error,
+    plot_failed,
+    plots_arg,
+    progress,
+    recorded_caveat,
+    skip_table,
+    summary,
+    want_plots,
+)
 from mmpath.errors import ConfigError, DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,7 @@ def register(sub) -> None:
         default=None,
         help="write tables and the slide table here (default: update tables in place)",
     )
+    plots_arg(p)
     p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("probe", help="cross-validated linear / kNN probe of a label")
@@ -68,6 +79,7 @@ def register(sub) -> None:
     p.add_argument("--C", type=float, default=1.0, help="inverse regularisation of logreg (1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (0)")
     p.add_argument("-o", "--out", default=None, help="report folder (default: print only)")
+    plots_arg(p)
     p.set_defaults(func=cmd_probe)
 
 
@@ -102,7 +114,10 @@ def cmd_zeroshot(args) -> int:
     classes = parse_classes(args.classes)
     templates = read_templates(args.templates) if args.templates else None
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
+    encoder_caveat(encoder)
     out = Path(args.out) if args.out else None
+    plots = want_plots(args, out is not None)
+    n_png = 0
     slide_tables, failures, n_tiles = [], [], 0
     for path in progress(args.tables, args, desc="zero-shot", unit="table"):
         try:
@@ -119,6 +134,8 @@ def cmd_zeroshot(args) -> int:
                 device=args.device,
             )
             io.write_h5ad(tiles, out / Path(path).name if out else path)
+            if plots:
+                n_png += zeroshot_heatmaps(tiles, args.key_added, out or Path(path).parent, path)
         except MmpathError as err:
             input_error(f"{path}: {err}")
             failures.append(path)
@@ -148,9 +165,43 @@ def cmd_zeroshot(args) -> int:
         args,
         f"zero-shot with {encoder.info.name}: {n_tiles} tiles, {len(table)} slide(s), "
         f"{len(classes)} classes -> {csv}"
+        + (f", {n_png} heatmap PNG(s)" if n_png else "")
         + (f"; {len(failures)} table(s) failed" if failures else ""),
     )
     return 2 if failures else 0
+
+
+def zeroshot_heatmaps(tiles, key: str, dest: Path, path) -> int:
+    """Per slide of ``tiles``: the label map and one probability heatmap per class (PNGs in
+    ``dest``, named after the table); returns how many were written."""
+    from mmpath import _keys as K
+    from mmpath import pl
+    from mmpath._names import to_component
+
+    run = tiles.uns[K.UNS][K.UNS_RUNS][key]
+    sids = [str(s) for s in tiles.obs[K.SLIDE_ID].unique()]
+    stem = Path(path).stem
+    n = 0
+    import matplotlib.pyplot as plt
+
+    for sid in sids:
+        base = stem if len(sids) == 1 else f"{stem}_{sid}"
+        jobs = [(key, {}, "zero-shot label")] + [
+            (col, {"vmin": 0.0, "vmax": 1.0, "cmap": "magma"}, f"P({name})")
+            for name, col in zip(run["classes"], run["columns"], strict=True)
+        ]
+        for col, kw, what in jobs:
+            png = dest / to_component(f"{base}_{col}.png")
+            try:
+                fig = pl.tiles(
+                    tiles, None, color=col, slide_id=sid, title=f"{sid}: {what}", save=png, **kw
+                )
+                plt.close(fig)
+                n += 1
+            except MmpathError as err:
+                plot_failed(f"{png.name}", err)
+                break  # the slide cannot be read: the other maps would fail alike
+    return n
 
 
 def cmd_probe(args) -> int:
@@ -160,6 +211,7 @@ def cmd_probe(args) -> int:
     tables = [io.read_h5ad(p) for p in args.tables]
     adata = tables[0] if len(tables) == 1 else io.concat(tables)
     groups = None if args.groups.lower() == "none" else args.groups
+    note = recorded_caveat(adata, args.use_rep)
     df = tl.linear_probe(
         adata,
         label=args.label,
@@ -192,9 +244,21 @@ def cmd_probe(args) -> int:
             "folds": json.loads(df.drop(index=["mean", "std"]).to_json(orient="records")),
             "confusion_matrix": cm.to_numpy().tolist(),
             "tables": [str(p) for p in args.tables],
+            **({"caveat": note} if note else {}),
         }
         atomic_write_text(out / "report.json", json.dumps(report, indent=2))
         where = f" -> {out}"
+    if want_plots(args, bool(args.out)):
+        import matplotlib.pyplot as plt
+
+        from mmpath import pl
+
+        if not args.out:
+            raise ConfigError("--plots needs -o <folder> for the probe's PNGs")
+        sub = f"{args.method} probe of {args.label!r} on {args.use_rep}"
+        for fn, name in ((pl.confusion_matrix, "confusion.png"), (pl.roc, "roc.png")):
+            plt.close(fn(df, title=f"{sub}\n{name[:-4]}", save=Path(args.out) / name))
+        where += " (+ confusion.png, roc.png)"
     summary(
         args,
         f"{args.method} probe of {args.label!r} on {args.use_rep} "

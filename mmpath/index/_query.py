@@ -4,6 +4,16 @@ the text tower. Torch is imported only when something must be embedded.
 Images are preprocessed exactly as ``tl.embed`` preprocesses tiles (the encoder's
 ``DataConfig``: magnification, input size, mean/std); a non-square image is centre-cropped
 to a square first.
+
+Scale of image queries. A query whose µm/px is not given is taken to be at the index's tiling
+mpp (``mpp_effective`` of the indexed slides, from the manifest), and one log line says so:
+an exact crop of an indexed tile then reaches the model exactly as the tile did. A query
+larger than the indexed tiles' field of view (``size`` px at the tiling mpp) is centre-cropped
+to it, with a note: the index's vectors describe one tile's field, so a larger query would be
+compared with a different amount of tissue (tile a large region with ``mm.pp.tile`` and search
+by its rows to query all of it). A smaller query is used as it is, with a note that its scores
+are lower than a whole tile's. Without an mpp on either side the image is resized to the
+encoder's input, and a line says the magnification is unknown.
 """
 
 from __future__ import annotations
@@ -75,8 +85,99 @@ def image_vectors(
     if not arrays:
         raise IndexError_("no query image given")
     enc = resolve_encoder(idx, encoder)
+    arrays, mpp = fit_to_index(idx, arrays, mpp)
     x = encode_images(arrays, enc, proj=_is_proj(idx), mpp=mpp, batch_size=batch_size)
     return T.prepare(x, idx.dim), None, enc.info.name
+
+
+def index_tiling(idx) -> tuple[float | None, int | None]:
+    """The index's tiling ``(mpp, size)``: the most common ``mpp_effective`` and tile size
+    over its slides (the manifest's slide records), ``None`` where unknown."""
+    mpps: dict[float, int] = {}
+    sizes: dict[int, int] = {}
+    for rec in (idx.manifest.get("slides") or {}).values():
+        tiling = (rec or {}).get(K.UNS_TILING) or {}
+        m = tiling.get("mpp_effective") or tiling.get("mpp") or (rec or {}).get("mpp")
+        if m:
+            key = round(float(m), 4)
+            mpps[key] = mpps.get(key, 0) + 1
+        if tiling.get("size"):
+            sizes[int(tiling["size"])] = sizes.get(int(tiling["size"]), 0) + 1
+    if not mpps and T.MPP in getattr(idx, "metadata", {}):
+        col = pd.to_numeric(idx.metadata[T.MPP], errors="coerce").dropna().round(4)
+        mpps = {float(k): int(v) for k, v in col.value_counts().items()}
+    mpp = max(mpps, key=mpps.get) if mpps else None
+    if len(mpps) > 1:
+        log.warning(
+            "the index holds tiles at %d magnifications (%s µm/px); queries are matched to "
+            "the most common, %.3g µm/px",
+            len(mpps),
+            ", ".join(f"{m:g}" for m in sorted(mpps)),
+            mpp,
+        )
+    size = max(sizes, key=sizes.get) if sizes else None
+    return mpp, size
+
+
+def fit_to_index(
+    idx, arrays: list[np.ndarray], mpp: float | None
+) -> tuple[list[np.ndarray], float | None]:
+    """Query images at the index's scale: the assumed mpp (the index's when ``mpp`` is None)
+    and each image centre-cropped to the indexed tiles' field of view when larger."""
+    tile_mpp, tile_size = index_tiling(idx)
+    if mpp is None:
+        if tile_mpp is None:
+            log.info(
+                "query mpp unknown and the index records none: query images are resized to "
+                "the encoder's input (pass mpp=/--mpp if you know it)"
+            )
+            return arrays, None
+        mpp = tile_mpp
+        log.info(
+            "query images assumed at the index's tiling scale, %.3g µm/px%s (pass mpp=/--mpp "
+            "otherwise)",
+            mpp,
+            f", {tile_size} px tiles" if tile_size else "",
+        )
+    if not tile_size:
+        return arrays, mpp
+    field = max(1, round(tile_size * tile_mpp / mpp)) if tile_mpp else tile_size
+    out = []
+    cropped = small = 0
+    for a in arrays:
+        side = min(a.shape[:2])
+        if side > field * (1 + _SIZE_TOLERANCE):
+            a = _centre(a, field)
+            cropped += 1
+        elif side < field * (1 - _SIZE_TOLERANCE):
+            small += 1
+        out.append(a)
+    if cropped:
+        log.info(
+            "%d query image(s) larger than an indexed tile's field (%d px at %.3g µm/px): "
+            "centre-cropped to it (tile a large region with mm.pp.tile to search all of it)",
+            cropped,
+            field,
+            mpp,
+        )
+    if small:
+        log.info(
+            "%d query image(s) smaller than an indexed tile's field (%d px at %.3g µm/px): "
+            "scores are lower than for a whole tile",
+            small,
+            field,
+            mpp,
+        )
+    return out, mpp
+
+
+_SIZE_TOLERANCE = 0.02
+
+
+def _centre(a: np.ndarray, side: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return np.ascontiguousarray(a[top : top + side, left : left + side])
 
 
 def _table_vectors(idx, table, encoder):
@@ -161,10 +262,7 @@ def _as_rgb(a: np.ndarray) -> np.ndarray:
 
 
 def _square(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return np.ascontiguousarray(a[top : top + s, left : left + s])
+    return _centre(a, min(a.shape[:2]))
 
 
 def encode_images(

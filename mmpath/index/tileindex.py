@@ -268,6 +268,8 @@ class TileIndex:
             the index's encoder, through the registry).
         mpp
             µm/px of image queries, so they are rescaled to the encoder's magnification.
+            Default: the index's tiling mpp (a log line says so); a query larger than an
+            indexed tile's field of view is centre-cropped to it.
         where, drop_neighbours, min_distance, params
             As in :meth:`search`; ``drop_neighbours`` uses the slide and position of tile-table
             queries.

@@ -35,6 +35,8 @@ from mmpath.models.weights import WeightsSpec, read_state_dict, resolve_weights,
 
 log = logging.getLogger(__name__)
 
+RANDOM_INIT = "random-init"  # EncoderInfo.weights of a model built without loading weights
+
 __all__ = [
     "encoders",
     "heads",
@@ -56,12 +58,17 @@ class EntryMeta:
 
     ``weights`` is ``None`` for entries that are random by design (tiny test models);
     ``requires`` names an optional pip package the entry needs (``"conch"`` for CONCH).
+    ``caveat`` is the one line every output of the entry carries (demo models);
+    ``vocabulary`` the phrases its text side was trained on, when that is known and small
+    (see :mod:`mmpath.models.caveats`).
     """
 
     info: EncoderInfo
     weights: WeightsSpec | None = None
     requires: str | None = None
     install: str = ""
+    caveat: str = ""
+    vocabulary: tuple[str, ...] = ()
 
 
 def register_encoder(
@@ -72,6 +79,8 @@ def register_encoder(
     requires: str | None = None,
     install: str = "",
     aliases: tuple[str, ...] = (),
+    caveat: str = "",
+    vocabulary: tuple[str, ...] = (),
 ) -> Callable:
     """Decorator registering an encoder factory with its frozen :class:`EncoderInfo`.
 
@@ -82,7 +91,7 @@ def register_encoder(
     ...     return TimmEncoder("vit_small_patch16_224", info=..., **kw)
     """
     info = replace(info, name=name, slug=info.slug or name)
-    meta = EntryMeta(info, weights, requires, install)
+    meta = EntryMeta(info, weights, requires, install, caveat, tuple(vocabulary))
     return encoders.register(name, meta=meta, aliases=aliases)
 
 
@@ -189,6 +198,8 @@ def create_encoder(
                 enc = families.create(family, arch=name[len(prefix) :], **kwargs)
             if weights is not None and not meta_only:
                 _load_weights(enc, resolve_weights(name, None, weights))
+            elif not meta_only:
+                enc.info = replace(enc.info, weights=RANDOM_INIT)
             return _finish(enc, device)
     entry = encoders.get(name)
     meta: EntryMeta = entry.meta
@@ -209,6 +220,8 @@ def create_encoder(
     if location is not None:
         sha = meta.weights.sha256 if meta.weights is not None and weights is None else None
         _load_weights(enc, location, sha)
+    elif not meta_only:
+        enc.info = replace(enc.info, weights=RANDOM_INIT)  # said by models.caveats.caveat
     return _finish(enc, device)
 
 

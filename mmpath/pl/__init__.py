@@ -7,6 +7,7 @@ Example
 
 from mmpath.pl.embedding import embedding
 from mmpath.pl.gallery import gallery
+from mmpath.pl.probe import confusion_matrix, roc
 from mmpath.pl.tiles import tiles
 
-__all__ = ["tiles", "embedding", "gallery"]
+__all__ = ["tiles", "embedding", "gallery", "confusion_matrix", "roc"]

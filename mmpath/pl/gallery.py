@@ -85,7 +85,8 @@ def gallery(
     title
         Figure title.
     save
-        Write a PNG here (atomically).
+        Write a PNG here (atomically); a ``.html`` path writes a small self-contained page
+        instead (inline images, no network).
 
     Returns
     -------
@@ -140,7 +141,42 @@ def gallery(
     if title:
         fig.suptitle(title, fontsize=10)
     if save is not None:
-        with atomic_path(Path(save)) as tmp:
-            fig.savefig(tmp, format="png")
+        if Path(save).suffix.lower() in (".html", ".htm"):
+            _write_html(panels, title, Path(save))
+        else:
+            with atomic_path(Path(save)) as tmp:
+                fig.savefig(tmp, format="png")
         plt.close(fig)
     return fig
+
+
+def _write_html(panels, title: str | None, path: Path) -> None:
+    """A small self-contained page: each panel an inline PNG with its label (no network)."""
+    import base64
+    import html
+    import io
+
+    from PIL import Image
+
+    cells = []
+    for label, px in panels:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(px, dtype=np.uint8)).save(buf, format="PNG")
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        cls = " class='query'" if label.startswith("query") else ""
+        text = "<br>".join(html.escape(line) for line in label.splitlines())
+        cells.append(
+            f"<figure{cls}><img src='data:image/png;base64,{data}' alt='{html.escape(label)}'>"
+            f"<figcaption>{text}</figcaption></figure>"
+        )
+    head = html.escape(title or "search results")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>"
+        f"{head}</title><style>body{{font-family:sans-serif;margin:1em}}"
+        "figure{display:inline-block;margin:4px;text-align:center;font-size:11px}"
+        "img{width:160px;height:160px;image-rendering:pixelated}"
+        ".query img{outline:3px solid #d62728}</style></head><body>"
+        f"<h3>{head}</h3>{''.join(cells)}</body></html>"
+    )
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")

@@ -5,7 +5,10 @@ The recipe (as in CLAM/TIAToolbox/LazySlide, tuned for robustness rather than a 
 1. read the slide at about 8 µm/px (or ``max_side`` px when mpp is unknown) from a pyramid
    level, or in strips for single-level slides (never the whole level 0);
 2. drop background: near-white glass and near-black artefacts (dust, slide edges, folds);
-3. drop pen marks: saturated blue/green/black ink, whose hue H&E never takes;
+3. drop pen marks: saturated blue/green/black ink, whose hue H&E never takes; and, after the
+   morphology, any region with (almost) no eosin: a stroke of blue-violet marker over glass
+   has a hue near haematoxylin's, so it passes the pixel rule, but H&E tissue always holds
+   some pink-red (eosin) pixels and ink on glass holds none (:data:`EOSIN_MIN_FRACTION`);
 4. Otsu threshold on saturation over what is left, with a floor so that a blank slide yields
    an empty mask instead of a threshold fitted to noise;
 5. morphology: close small gaps, fill small holes, remove specks below ``min_area_um2``.
@@ -27,6 +30,10 @@ from mmpath.io.slide import Slide
 log = logging.getLogger(__name__)
 
 __all__ = ["TissueMask", "detect_tissue"]
+
+# A region whose pixels are at least this fraction eosin (hue in the pink-red arc, below
+# 0.08 or above 0.80 of the circle) is tissue; below it, with a blue-violet median hue, ink.
+EOSIN_MIN_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,27 @@ def _drop_small(mask: np.ndarray, min_px: int, *, keep_border: bool = False) -> 
         keep[border] = True
     keep[0] = False
     return keep[labels]
+
+
+def _drop_ink_regions(mask: np.ndarray, hue: np.ndarray, stained: np.ndarray) -> np.ndarray:
+    """``mask`` without its connected regions that hold (almost) no eosin and whose stained
+    pixels are blue-violet: marker ink lying on glass (see the module notes)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    lab = labels[stained & mask]
+    h = hue[stained & mask]
+    total = np.bincount(lab, minlength=n + 1).astype(float)
+    eosin = np.bincount(lab, weights=((h < _u8(0.08)) | (h > _u8(0.80))), minlength=n + 1)
+    blue = np.bincount(lab, weights=((h > _u8(0.50)) & (h <= _u8(0.80))), minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ink = (eosin / total < EOSIN_MIN_FRACTION) & (blue / total > 0.5)
+    ink[0] = False
+    if ink.any():
+        log.info("dropped %d ink region(s) with no eosin (marker over glass)", int(ink.sum()))
+    return mask & ~ink[labels]
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,6 +241,8 @@ def detect_tissue(
     )
     mask = _drop_small(mask, min_px)
     mask = ~_drop_small(~mask, min_px, keep_border=True)  # fill small holes
+    if remove_pen and mask.any():
+        mask = _drop_ink_regions(mask, hue, sat > _u8(thr))
 
     contours = []
     if mask.any():

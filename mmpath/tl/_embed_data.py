@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +191,103 @@ class EmbedDataset:
     def __getitem__(self, i: int):
         img, ok = self.reader.read_or_blank(int(i))
         return self.transform(img), int(i), bool(ok)
+
+
+class PackedDataset(EmbedDataset):
+    """Tiles of several small slides (same tile size) as one stream, each item preprocessed
+    with its own slide's :class:`Preprocess`, so batches span slides. A slide's handle is
+    closed once the stream moves past it (items arrive in slide order in each process)."""
+
+    def __init__(self, tiles, transforms: dict[str, Preprocess], *, remap: Remap = None) -> None:
+        self.reader = TileReader(tiles, remap=remap)
+        self.transforms = transforms
+        self._last: str | None = None
+
+    def __getitem__(self, i: int):
+        sid = str(self.reader.slide_ids[int(i)])
+        if self._last is not None and sid != self._last:
+            old = self.reader._open.pop(self._last, None)
+            if old is not None:
+                old.close()
+        self._last = sid
+        img, ok = self.reader.read_or_blank(int(i))
+        return self.transforms[sid](img), int(i), bool(ok)
+
+
+MIN_BATCHES_FOR_WORKERS = 4
+
+
+def useful_workers(num_workers: int, n_batches: int) -> int:
+    """Reader processes worth starting for ``n_batches`` batches: none below
+    :data:`MIN_BATCHES_FOR_WORKERS` (starting workers costs more than reading a few batches
+    in this process, and they are started afresh for every slide)."""
+    return num_workers if n_batches >= MIN_BATCHES_FOR_WORKERS else 0
+
+
+def pack_slides(sizes: list[tuple[str, int, int]], batch_size: int, chunk: int) -> list[list[str]]:
+    """Groups of slide ids, in order: consecutive slides with fewer than ``batch_size`` tiles
+    and the same tile size are packed together (up to ``chunk`` tiles), every other slide is
+    a group of its own. ``sizes`` is ``[(slide_id, n_tiles, tile_px), ...]``."""
+    groups: list[list[str]] = []
+    cur: list[str] = []
+    cur_n, cur_px = 0, None
+    for sid, n, px in sizes:
+        if n >= batch_size:
+            if cur:
+                groups.append(cur)
+                cur, cur_n, cur_px = [], 0, None
+            groups.append([sid])
+            continue
+        if cur and (px != cur_px or cur_n + n > chunk):
+            groups.append(cur)
+            cur, cur_n = [], 0
+        cur.append(sid)
+        cur_n += n
+        cur_px = px
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def forward_batches(
+    loader, model, device
+) -> Iterator[tuple[np.ndarray, np.ndarray, Any, np.ndarray]]:
+    """Run the image tower over a DataLoader: ``(rows, features, projections, ok)`` per batch."""
+    import torch
+
+    cuda = device.type == "cuda"
+    autocast = (
+        torch.autocast(
+            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        )
+        if cuda
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast, worker_errors_unwrapped():
+        for x, idx, ok in loader:
+            x = x.to(device, non_blocking=cuda)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model.encode_image(x)
+            feats = out.features.float().cpu().numpy()
+            proj = None if out.proj is None else out.proj.float().cpu().numpy()
+            yield idx.numpy(), feats, proj, ok.numpy().astype(bool)
+
+
+def embed_packed(sub, group: list[str], model, batch_size: int, workers: int, device, remap):
+    """Embed the tiles of several small slides (``sub``: their rows) in shared batches:
+    ``(rows, features, projections, ok, {slide_id: preprocessing})`` per batch."""
+    preps = {s: slide_preprocess(sub, s, model.info.data) for s in group}
+    desc = {s: p.describe() for s, p in preps.items()}
+    batches = batches_of(0, sub.n_obs, batch_size)
+    loader = make_loader(
+        PackedDataset(sub, preps, remap=remap),
+        batches,
+        num_workers=useful_workers(workers, len(batches)),
+        pin_memory=device.type == "cuda",
+    )
+    for idx, f, p, o in forward_batches(loader, model, device):
+        yield idx, f, p, o, desc
 
 
 def worker_init(worker_id: int) -> None:

@@ -24,7 +24,6 @@ are kept, so memory does not grow with the number of tiles beyond ``n x dim`` fl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from mmpath import _keys as K
 from mmpath._version import __version__
@@ -94,6 +94,12 @@ def _device_of(model, device: str | None):
     if param is not None and param.device.type != "cpu":
         return param.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _caveat(model) -> str:
+    from mmpath.models.caveats import caveat
+
+    return caveat(model) if hasattr(model, "info") else ""
 
 
 def _weights_id(model, weights: str | None) -> str | None:
@@ -170,7 +176,10 @@ def _iter_chunks(
     batches = [bt for a, b in todo for bt in D.batches_of(a, b, batch_size)]
     dataset = D.EmbedDataset(tiles, prep, slide=slide, remap=remap)
     loader = D.make_loader(
-        dataset, batches, num_workers=num_workers, pin_memory=device.type == "cuda"
+        dataset,
+        batches,
+        num_workers=D.useful_workers(num_workers, len(batches)),
+        pin_memory=device.type == "cuda",
     )
     pending = iter(todo)
     cur = next(pending)
@@ -202,27 +211,10 @@ def _iter_chunks(
                 start_chunk(nxt)
 
     # The DataLoader is consumed batch by batch; finished chunks are handed out as they close.
-    import torch
-
-    cuda = device.type == "cuda"
-    autocast = (
-        torch.autocast(
-            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        )
-        if cuda
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast, D.worker_errors_unwrapped():
-        for x, idx, ok in loader:
-            x = x.to(device, non_blocking=cuda)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = model.encode_image(x)
-            feats = out.features.float().cpu().numpy()
-            proj = None if out.proj is None else out.proj.float().cpu().numpy()
-            on_batch(idx.numpy(), feats, proj, ok.numpy().astype(bool))
-            while done:
-                yield done.pop(0)
+    for idx, feats, proj, ok in D.forward_batches(loader, model, device):
+        on_batch(idx, feats, proj, ok)
+        while done:
+            yield done.pop(0)
 
 
 def embed_slide(
@@ -436,8 +428,28 @@ def embed(
         ok[rows] = o
 
     n_loaded = 0
-    for pos, sid in enumerate(ids):
-        rows = np.flatnonzero(col == sid)
+    codes, uniq = pd.factorize(col) if n else (np.zeros(0, np.int64), np.array([]))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
+    rows_of = {str(u): order[bounds[i] : bounds[i + 1]] for i, u in enumerate(uniq)}
+    pos_of = {sid: i for i, sid in enumerate(ids)}
+    groups = [[sid] for sid in ids]
+    if store is None and slide is None and len(ids) > 1:  # many small slides: pack them
+        sizes = [(s, len(rows_of[s]), int(_prov.tiling(adata, s)["size"])) for s in ids]
+        groups = D.pack_slides(sizes, batch_size, chunk)
+    for group in groups:
+        if len(group) > 1:
+            rows = np.concatenate([rows_of[s] for s in group])
+            for idx, f, p, o, desc in D.embed_packed(
+                adata[rows], group, model, batch_size, workers, dev, remap
+            ):
+                put(rows[idx], f, p, o)
+                preprocess.update(desc)
+            log.info("embedded %d small slides together: %d tiles", len(group), len(rows))
+            continue
+        sid = group[0]
+        pos = pos_of[sid]
+        rows = rows_of[sid]
         sub = adata[rows] if len(ids) > 1 else adata
         norm = D.slide_stain(sub, sid, stain, slide=slide, remap=remap)  # None without stain=
         preprocess[sid] = D.slide_preprocess(sub, sid, info.data, stain=norm).describe()
@@ -495,6 +507,7 @@ def embed(
             "n_failed": int((~ok).sum()),
             "stain": stain_rec,
             "mmpath_version": __version__,
+            **({"caveat": _caveat(model)} if _caveat(model) else {}),
         }
     )
     root[K.UNS_EMBEDDINGS] = embeddings

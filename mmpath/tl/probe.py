@@ -139,6 +139,7 @@ def linear_probe(
     ``"std"``; columns ``balanced_accuracy``, ``f1_weighted``, ``auroc_macro``, ``n_train``,
     ``n_test``. ``df.attrs`` holds ``"confusion_matrix"`` (a DataFrame summed over folds: rows
     true class, columns predicted), ``"confusion_matrices"`` (one per fold), ``"classes"``,
+    ``"oof_proba"`` (each row's out-of-fold class probabilities) and ``"oof_true"`` (its label),
     ``"cv"`` (``"group"``, ``"spatial-block"`` or ``"row"``) and ``"params"``.
 
     Example
@@ -173,6 +174,7 @@ def linear_probe(
     folds = folds_from_groups(cv, n_splits, y=y, seed=seed)
     rows: list[dict[str, Any]] = []
     cms = []
+    oof = np.full((len(y), len(codes)), np.nan)  # out-of-fold probabilities (ROC curves)
     for i, (tr, te) in enumerate(folds):
         if len(np.unique(y[tr])) < 2:
             raise DataError(
@@ -182,6 +184,7 @@ def linear_probe(
         model.fit(X[tr], y[tr])
         proba = _full_proba(model, X[te], codes)
         pred = proba.argmax(axis=1)
+        oof[te] = proba
         rows.append(
             {
                 "balanced_accuracy": float(balanced_accuracy_score(y[te], pred)),
@@ -201,6 +204,8 @@ def linear_probe(
         "confusion_matrix": pd.DataFrame(np.sum(cms, axis=0), index=names, columns=names),
         "confusion_matrices": [pd.DataFrame(c, index=names, columns=names) for c in cms],
         "classes": names,
+        "oof_proba": pd.DataFrame(oof, index=np.asarray(sub.obs_names, dtype=str), columns=names),
+        "oof_true": np.asarray(names)[y],
         "cv": cv.kind,
         "params": {
             "label": label,

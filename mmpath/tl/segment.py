@@ -177,23 +177,44 @@ class _Reader:
         if self.width < 1 or self.height < 1 or side < 1:
             raise SlideError(f"slide {slide.slide_id!r} is too small for mpp={mpp}")
 
-    def read(self, x: int, y: int) -> np.ndarray:
+    def read(self, x: int, y: int, pad: int = 0) -> np.ndarray:
+        """The ``tile`` px tile at prediction pixel ``(x, y)``, which may reach past the image
+        (the border context of ``segment_slide``): up to ``pad`` px beyond an edge are the
+        image mirrored there (so a model sees tissue-like context, not a wall), farther is
+        white (a slide smaller than a tile)."""
+        T = self.tile
+        ix0, iy0 = max(x, 0), max(y, 0)
+        ix1, iy1 = min(x + T, self.width), min(y + T, self.height)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return np.full((T, T, 3), 255, np.uint8)
+        core = self._read_box(ix0, iy0, ix1 - ix0, iy1 - iy0)
+        return _pad_tile(core, (iy0 - y, y + T - iy1), (ix0 - x, x + T - ix1), pad)
+
+    def _read_box(self, ix: int, iy: int, w: int, h: int) -> np.ndarray:
+        """Image box ``(ix, iy, w, h)`` in prediction pixels, as ``(h, w, 3)`` uint8."""
         from PIL import Image
 
         W0, H0 = self.slide.dimensions
-        x0, y0 = int(round(x * self.scale)), int(round(y * self.scale))
-        w = max(1, min(self.read_size, int((W0 - x0) // self.lds)))
-        h = max(1, min(self.read_size, int((H0 - y0) // self.lds)))
-        img = self.slide.read_region((x0, y0), self.level, (w, h))
-        if (w, h) != (self.read_size, self.read_size):  # slide smaller than a tile: pad white
-            pad = np.full((self.read_size, self.read_size, 3), 255, np.uint8)
-            pad[:h, :w] = img
-            img = pad
-        if self.read_size != self.tile:
-            img = np.asarray(
-                Image.fromarray(img).resize((self.tile, self.tile), Image.Resampling.BILINEAR)
-            )
+        x0, y0 = int(round(ix * self.scale)), int(round(iy * self.scale))
+        rw = max(1, min(int(round(w * self.scale / self.lds)), int((W0 - x0) // self.lds)))
+        rh = max(1, min(int(round(h * self.scale / self.lds)), int((H0 - y0) // self.lds)))
+        img = self.slide.read_region((x0, y0), self.level, (rw, rh))
+        if (rw, rh) != (w, h):
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
         return img
+
+
+def _pad_tile(a: np.ndarray, rows: tuple[int, int], cols: tuple[int, int], mirror: int):
+    """``a`` padded by ``rows``/``cols`` (before, after): mirrored up to ``mirror`` px, white
+    beyond."""
+    h, w = a.shape[:2]
+    (top, bottom), (left, right) = rows, cols
+    if not (top or bottom or left or right):
+        return a
+    m = [min(n, mirror, size - 1) for n, size in ((top, h), (bottom, h), (left, w), (right, w))]
+    a = np.pad(a, ((m[0], m[1]), (m[2], m[3]), (0, 0)), mode="reflect")
+    widths = ((top - m[0], bottom - m[1]), (left - m[2], right - m[3]), (0, 0))
+    return np.pad(a, widths, constant_values=255)
 
 
 def segment_slide(
@@ -283,18 +304,26 @@ def segment_slide(
         factor = max(1.0, float(mask_mpp) / infer_mpp)
     names = tuple(head.class_names) or tuple(str(c) for c in range(_n_classes(head)))
     C = len(names)
-    xs = grid_starts(W, T, T - overlap)
-    ys = grid_starts(H, T, T - overlap)
+    # Border context: the grid covers the image grown by `pad` px on every side (mirrored
+    # pixels), so the image's first/last rows and columns lie `margin` px inside a tile, as
+    # every interior pixel does, instead of on a tile edge where the model sees padding.
+    pad = margin if T - 2 * margin >= 1 else 0
+    xs = [s - pad for s in grid_starts(W + 2 * pad, T, T - overlap)]
+    ys = [s - pad for s in grid_starts(H + 2 * pad, T, T - overlap)]
     jobs = [(x, y) for y in ys for x in xs]
     reducer = RowReducer(W, H, factor)
     mask = np.zeros((reducer.out_h, reducer.out_w), np.uint8)
     probs_out = np.zeros((C, reducer.out_h, reducer.out_w), np.float32) if return_probs else None
-    acc = BandAccumulator(W, H, C, T)
+    acc = BandAccumulator(W + 2 * pad, H + 2 * pad, C, T)  # on the grown canvas
     windows: dict[tuple[bool, ...], np.ndarray] = {}
 
     def emit(blocks) -> None:
-        for y0, block in blocks:
-            for r0, red in reducer.push(y0, block):
+        for y0p, block in blocks:  # grown-canvas rows: crop back to the image
+            lo, hi = max(0, pad - y0p), min(block.shape[1], pad + H - y0p)
+            if hi <= lo:
+                continue
+            block = block[:, lo:hi, pad : pad + W]
+            for r0, red in reducer.push(y0p + lo - pad, block):
                 mask[r0 : r0 + red.shape[1]] = red.argmax(0).astype(np.uint8)
                 if probs_out is not None:
                     probs_out[:, r0 : r0 + red.shape[1]] = red
@@ -307,13 +336,13 @@ def segment_slide(
             if edges not in windows:
                 windows[edges] = tile_window(T, overlap, margin, edges=edges)
             if x == xs[0] and y != ys[0]:  # a new tile row starts: rows above it are final
-                emit(acc.finish_above(y))
-            acc.add(p, x, y, windows[edges])
+                emit(acc.finish_above(y + pad))
+            acc.add(p, x + pad, y + pad, windows[edges])
 
     predict = _predictor(head, device)
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    run_pipeline(batches, reader.read, predict, blend, progress=progress)
-    emit(acc.finish_above(H))
+    run_pipeline(batches, lambda x, y: reader.read(x, y, pad), predict, blend, progress=progress)
+    emit(acc.finish_above(H + 2 * pad))
     mask_ds = reader.scale * W / reducer.out_w
     return SegmentationResult(
         mask=mask,
@@ -327,6 +356,7 @@ def segment_slide(
             "tile_size": T,
             "overlap": overlap,
             "margin": margin,
+            "border_context": pad,
             "n_tiles": len(jobs),
             "model": head.path or head.name,
         },

@@ -17,6 +17,14 @@ Hugging Face CLIP store it, and exponentiated (capped at 100 as in CLIP); a plai
 used as is. Without one, 100 (CLIP's trained value). Argmax labels do not depend on it;
 probabilities do.
 
+Trust. The run record keeps the encoder's caveat (``mm.models.caveats.caveat``: demo and
+random-weight models). When the encoder's registry entry declares the phrases its captions
+were made of (the demo LiT model does), each class name is checked against them: it is *far*
+when its best cosine to a training phrase (bare names, the model's text tower) is below the
+lowest cosine of any training phrase to its nearest other training phrase, i.e. it is farther
+from the training text than any training phrase is from the rest. Far classes get a warning and
+are listed in the run record (``far_classes``), with the threshold.
+
 ``zero_shot`` keeps the tile table's axes, so it writes tile results in place; the slide
 calls change the axis (one row per slide), so they come back as a new slide table, which is
 the function's only return value.
@@ -192,6 +200,52 @@ def class_embeddings(
     return _normalise(means).astype(np.float32)
 
 
+def far_classes(encoder, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Class names far from the phrases ``encoder`` was trained on (rule in the module notes),
+    each as ``{"name", "cosine", "threshold", "nearest"}``, with a warning; ``[]`` when the
+    encoder declares no training vocabulary.
+
+    Example
+    -------
+    >>> [f["name"] for f in far_classes(enc, ["dense nuclei", "necrosis"])]  # doctest: +SKIP
+    ['necrosis']
+    """
+    from mmpath.models.caveats import vocabulary
+    from mmpath.tl.text import embed_text
+
+    vocab = list(vocabulary(encoder))
+    if len(vocab) < 2 or not names:
+        return []
+    v = _normalise(embed_text(vocab, encoder).astype(np.float64))
+    sim = v @ v.T
+    np.fill_diagonal(sim, -np.inf)
+    threshold = float(sim.max(axis=1).min())
+    q = _normalise(embed_text([str(n) for n in names], encoder).astype(np.float64)) @ v.T
+    out = []
+    for i, name in enumerate(names):
+        j = int(q[i].argmax())
+        if q[i, j] < threshold:
+            out.append(
+                {
+                    "name": str(name),
+                    "cosine": float(q[i, j]),
+                    "threshold": threshold,
+                    "nearest": vocab[j],
+                }
+            )
+    if out:
+        log.warning(
+            "%s: %s far from anything it was trained on (best cosine to its training phrases "
+            "%s < %.2f, the lowest among those phrases); its calls on %s are unsupported",
+            encoder.info.name,
+            ", ".join(repr(f["name"]) for f in out),
+            ", ".join(f"{f['cosine']:.2f} ({f['nearest']!r})" for f in out),
+            threshold,
+            "them" if len(out) > 1 else "it",
+        )
+    return out
+
+
 def _logit_scale(encoder) -> tuple[float, str]:
     import torch
 
@@ -337,6 +391,7 @@ def zero_shot(
         )
     if not np.isfinite(img).all():
         raise DataError(f"obsm[{rep!r}] contains NaN or infinite values; re-embed the tiles")
+    far = far_classes(enc, names)
     scale, scale_source = (
         (float(logit_scale), "argument") if logit_scale is not None else _logit_scale(enc)
     )
@@ -370,6 +425,12 @@ def zero_shot(
         "top_k": int(top_k),
         "version": __version__,
     }
+    from mmpath.models.caveats import caveat
+
+    if caveat(enc):
+        record["caveat"] = caveat(enc)
+    if far:
+        record["far_classes"] = {f["name"]: f for f in far}
     runs[key_added] = record
 
     pool_codes = codes if ok is None else np.where(ok, codes, len(order))  # drop damaged

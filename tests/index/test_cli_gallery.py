@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import mmpath as mm
 from mmpath import _keys as K
@@ -149,3 +150,51 @@ def test_unembedded_tile_rows_are_embedded_with_the_encoder(slide_table, colour_
     via_obsm = idx.search_image(t[:3], k=4)
     assert via_pixels["tile_id"].tolist() == via_obsm["tile_id"].tolist()
     np.testing.assert_allclose(via_pixels["score"], via_obsm["score"], atol=1e-5)
+
+
+def test_cli_search_gallery_png_html_and_folder(slide_table, tmp_path, capsys):
+    mm.io.write_h5ad(slide_table, tmp_path / "a.h5ad")
+    idx_dir = tmp_path / "a.idx"
+    assert (
+        main(
+            [
+                "-q",
+                "index",
+                "build",
+                str(tmp_path / "a.h5ad"),
+                "--use-rep",
+                "X_toy",
+                "-o",
+                str(idx_dir),
+            ]
+        )
+        == 0
+    )
+    base = [
+        "-q",
+        "search",
+        str(idx_dir),
+        "--tiles",
+        str(tmp_path / "a.h5ad"),
+        "--rows",
+        "0:2",
+        "-k",
+        "4",
+    ]
+    assert main([*base, "-o", str(tmp_path / "hits.png")]) == 0
+    with Image.open(tmp_path / "hits.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    folder = tmp_path / "res"
+    assert main([*base, "-o", str(folder)]) == 0
+    hits = pd.read_csv(folder / "hits.csv")
+    assert len(hits) == 8
+    for q in (0, 1):
+        assert (folder / f"gallery_{q}.png").is_file()
+        page = (folder / f"gallery_{q}.html").read_text()
+        # self-contained: the query and its 4 hits inline, no network
+        assert page.count("data:image/png;base64,") == 5 and "http" not in page
+        first = hits[hits["query"] == q].iloc[0]
+        assert f"{first['slide_id']}<br>({first['x']}, {first['y']})" in page
+    assert "8 hit(s) -> " in capsys.readouterr().out
+    assert main([*base, "-o", str(tmp_path / "nopics"), "--no-plots"]) == 0
+    assert sorted(p.name for p in (tmp_path / "nopics").iterdir()) == ["hits.csv"]

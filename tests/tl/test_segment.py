@@ -205,13 +205,15 @@ def test_bounded_receptive_field_tiled_equals_single_pass():
     img = make_seg_images(1, 150, kind="multiclass").images[0][:, :130]
     head = TrainedHead("seg", model, ("a", "b", "c"), tile_size=48)
     slide = mm.io.ArraySlide(img, mpp=0.5)
+    # the single pass sees the image with 3 px of mirrored context, as the tiles' border does
+    mirrored = np.pad(img, ((3, 3), (3, 3), (0, 0)), mode="reflect")
     with torch.no_grad():
-        full = model.predict_proba(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
-    full = full[0].numpy()
+        full = model.predict_proba(torch.from_numpy(mirrored).permute(2, 0, 1)[None].float() / 255)
+    full = full[0].numpy()[:, 3:-3, 3:-3]
     tiled = mm.tl.segment_slide(slide, head, overlap=16, margin=3, return_probs=True)
-    interior = (slice(None), slice(3, -3), slice(3, -3))
-    np.testing.assert_allclose(tiled.probs[interior], full[interior], atol=1e-5)
+    np.testing.assert_allclose(tiled.probs, full, atol=1e-5)  # borders included
     np.testing.assert_array_equal(tiled.mask, full.argmax(0))
+    interior = (slice(None), slice(3, -3), slice(3, -3))
     # without the margin the tile borders' padding leaks in: the check can fail
     naive = mm.tl.segment_slide(slide, head, overlap=16, margin=0, return_probs=True)
     assert np.abs(naive.probs[interior] - full[interior]).max() > 1e-3
@@ -228,12 +230,50 @@ def _seam_stats(probs: np.ndarray, starts: list[int], tile: int) -> tuple[float,
     return float(np.concatenate(jumps).mean()), float(np.concatenate(inside).mean())
 
 
+class _EdgeArtefact(nn.Module):
+    """A model whose outer row/column of every input is wrong (as a U-Net's can be: the
+    demo's flagged its last row), right (class 0 at 0.9) everywhere else."""
+
+    n_prob_classes = 2
+
+    def predict_proba(self, x):
+        p = torch.full_like(x[:, :1], 0.1)
+        for sl in ((..., 0, slice(None)), (..., -1, slice(None)), (..., 0), (..., -1)):
+            p[sl] = 0.9
+        return torch.cat([1 - p, p], 1)
+
+
+@pytest.mark.parametrize("shape", [(150, 130), (61, 200)])
+def test_last_row_and_column_behave_like_the_interior(shape):
+    """Whole-slide inference gives border pixels the same context as interior ones: mirrored
+    pixels beyond the image, so no image pixel is predicted from a tile's outer row."""
+    head = TrainedHead("seg", _EdgeArtefact(), ("glass", "x"), tile_size=32)
+    slide = mm.io.ArraySlide(np.full((*shape, 3), 200, np.uint8), mpp=0.5)
+    res = mm.tl.segment_slide(slide, head, overlap=8, margin=2, return_probs=True)
+    p = res.probs[1]
+    assert p.shape == shape
+    for edge in (p[-1], p[:, -1], p[0], p[:, 0]):
+        np.testing.assert_allclose(edge, p[1:-1, 1:-1].mean(), atol=1e-6)
+    np.testing.assert_allclose(p, 0.1, atol=1e-6)
+    assert (res.mask == 0).all()
+    # the mirrored context is the image's own pixels: a gradient stays a gradient
+    from mmpath.tl.segment import _pad_tile
+
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4, 1).repeat(3, 2)
+    out = _pad_tile(a, (2, 3), (1, 0), 2)
+    assert out.shape == (8, 5, 3)
+    np.testing.assert_array_equal(out[:2, 1:, 0], a[[2, 1], :, 0])  # mirrored rows
+    assert (out[-1] == 255).all()  # beyond the mirror: white
+
+
 def test_vit_unet_has_no_seams(trained_seg):
     head = load_trained_head(trained_seg.run_dir, kind="seg")  # the ViT U-Net, 32 px tiles
     img = make_seg_images(1, 200, kind="texture", seed=3).images[0]
     slide = mm.io.ArraySlide(img)
     blended = mm.tl.segment_slide(slide, head, overlap=8, margin=2, return_probs=True)
-    seam, inside = _seam_stats(blended.probs, grid_starts(200, 32, 24), 32)
+    pad = blended.info["border_context"]  # the grid covers the image grown by 2 px a side
+    starts = [s - pad for s in grid_starts(200 + 2 * pad, 32, 24)]
+    seam, inside = _seam_stats(blended.probs, starts, 32)
     # 10%: sampling tolerance of a mean over the ~20 seam lines vs ~380 other lines
     assert seam <= 1.1 * inside
     # the same measure flags the seams of plain non-overlapping tiles

@@ -239,3 +239,22 @@ def test_missing_images_are_a_data_error(caption_sets, tmp_path):
     cfg = make_config("clip", clip_overrides(tmp_path / "pairs.csv", None, tmp_path / "run"))
     with pytest.raises(DataError, match="1 of 5 image files .* do not exist"):
         get_task("clip").build(cfg, DistEnv())
+
+
+def test_retrieval_recall_counts_distinct_captions():
+    """A caption shared by 28 rows must not make recall look high (issue 11)."""
+    import torch
+
+    from mmpath.train.metrics import retrieval_recall
+
+    caps = ["a"] * 28 + ["b", "c"]
+    e = torch.eye(3)
+    txt = e[[0] * 28 + [1, 2]]
+    img = e[[0] * 28 + [2, 1]]  # b's image looks like c's text and vice versa
+    got = retrieval_recall(img, txt, caps, ks=(1, 5))
+    assert got["i2t_r@1"] == pytest.approx(1 / 3) and got["t2i_r@1"] == pytest.approx(1 / 3)
+    assert got["n_captions"] == 3 and got["chance_i2t_r@1"] == pytest.approx(1 / 3)
+    assert got["i2t_r@5"] == 1.0 and got["chance_i2t_r@5"] == 1.0  # k >= 3 is trivial
+    # unique captions: the usual paired recall
+    u = retrieval_recall(torch.eye(4), torch.eye(4), list("wxyz"), ks=(1,))
+    assert u["i2t_r@1"] == 1.0 and u["t2i_r@1"] == 1.0 and u["n_captions"] == 4

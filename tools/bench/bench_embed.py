@@ -7,7 +7,8 @@ Both are measured side by side in one process, interleaved over repetitions, for
 reader workers; the ratio is the figure of merit (target >= 0.9). Peak RSS is measured in
 child processes for N and 2N tiles (it must stay flat: tiles are streamed).
 
-Prints one JSON object. ``--quick`` for a short run while developing.
+Prints one JSON object. ``--quick`` for a short run while developing. ``--many-slides``
+runs ``bench_embed_slides.py`` instead (1,000 one-tile slides vs one slide of 1,000 tiles).
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ def measure_rss(tmp: Path, n: int, slide_tiles: int, batch_size: int, workers: i
 
 
 def main() -> None:
+    if "--many-slides" in sys.argv:  # the many-small-slides benchmark (issue 11)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_embed_slides import main as many
+
+        return many([a for a in sys.argv[1:] if a != "--many-slides"])
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run while developing")
     p.add_argument("--tiles", type=int, default=None)

@@ -22,7 +22,13 @@ from mmpath.models.base import DataConfig, Encoder, EncoderInfo
 from mmpath.models.registry import families, register_encoder
 from mmpath.models.weights import WeightsSpec, resolve_weights
 
-__all__ = ["DEMO_LIT_CLASSES", "DEMO_MPP", "DEMO_DATA", "packaged_model_dir"]
+__all__ = [
+    "DEMO_LIT_CLASSES",
+    "DEMO_LIT_PHRASES",
+    "DEMO_MPP",
+    "DEMO_DATA",
+    "packaged_model_dir",
+]
 
 # Concepts the LiT demo model was trained to name (see its model card for the bins).
 DEMO_LIT_CLASSES: tuple[str, ...] = ("background glass", "dense nuclei", "eosin-rich stroma")
@@ -31,6 +37,40 @@ DEMO_MPP = 0.5
 DEMO_DATA = DataConfig(input_size=112, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), mpp=DEMO_MPP)
 _LICENSE = "CC0-1.0 (trained by mmpath on CC0 and synthetic data)"
 _NOTE = "demo model, not a foundation model; outputs are not diagnostic"
+# The concept phrases its weak captions were made of (tools/demo_captions.py draws from these,
+# by measured tile bin); zero-shot warns about class names far from all of them.
+DEMO_LIT_PHRASES: dict[str, tuple[str, ...]] = {
+    "glass": (
+        "background glass",
+        "mostly background glass with no tissue",
+        "empty glass slide background",
+        "blank background glass",
+    ),
+    "dense": (
+        "dense nuclei",
+        "densely packed nuclei",
+        "dense nuclei in haematoxylin-rich tissue",
+        "crowded dense nuclei",
+    ),
+    "moderate": ("moderately dense nuclei", "tissue with a moderate number of nuclei"),
+    "moderate_eosin": ("eosin-rich tissue with moderately dense nuclei",),
+    "sparse": ("sparse nuclei", "eosin-rich stroma with sparse nuclei", "eosin-rich stroma"),
+    "sparse_haematoxylin": ("sparse nuclei", "tissue with sparse nuclei"),
+    "partial": (
+        "the edge of the tissue, partly background glass",
+        "a tissue border next to background glass",
+    ),
+}
+DEMO_LIT_VOCABULARY: tuple[str, ...] = tuple(
+    dict.fromkeys(p for phrases in DEMO_LIT_PHRASES.values() for p in phrases)
+)
+
+
+def _caveat(name: str) -> str:
+    return (
+        f"{name} is a demo model (trained in minutes on one CC0 sample slide and synthetic "
+        "tissue): its outputs illustrate the pipeline and are not diagnostic"
+    )
 
 
 def packaged_model_dir(name: str) -> Path:
@@ -82,7 +122,11 @@ LIT_INFO = EncoderInfo(
 
 
 @register_encoder(
-    "mmpath-demo-vit", VIT_INFO, weights=_spec("mmpath-demo-vit"), aliases=("demo-vit",)
+    "mmpath-demo-vit",
+    VIT_INFO,
+    weights=_spec("mmpath-demo-vit"),
+    aliases=("demo-vit",),
+    caveat=_caveat("mmpath-demo-vit"),
 )
 def demo_vit() -> Encoder:
     """The demo image encoder (SSL-pretrained small ViT, packaged weights)."""
@@ -90,7 +134,12 @@ def demo_vit() -> Encoder:
 
 
 @register_encoder(
-    "mmpath-demo-lit", LIT_INFO, weights=_spec("mmpath-demo-lit"), aliases=("demo-lit",)
+    "mmpath-demo-lit",
+    LIT_INFO,
+    weights=_spec("mmpath-demo-lit"),
+    aliases=("demo-lit",),
+    caveat=_caveat("mmpath-demo-lit"),
+    vocabulary=DEMO_LIT_VOCABULARY,
 )
 def demo_lit() -> Encoder:
     """The demo image-text model (LiT on locked MiniLM, packaged weights)."""
