@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mmpath import datasets, errors, index, io, pl, pp, tl
+from mmpath import datasets, errors, index, io, metrics, pl, pp, tl
 from mmpath._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmpath import models
 
 __all__ = ["io", "pp", "tl", "pl", "index", "datasets", "errors", "models", "__version__"]
+__all__ += ["metrics"]
 
 
 def __getattr__(name: str) -> Any:
