@@ -88,6 +88,11 @@ def run_mil(cfg, *, resume: bool = False, on_step=None, tables: Any = None, labe
             f"{str(out)!r} already holds a training run; pass --resume (resume=True) to continue "
             "it or choose another out folder"
         )
+    if cfg.data.task == "survival" and cfg.train.batch_size < 2:
+        raise ConfigError(
+            "survival trains on the Cox partial likelihood, which ranks the bags of a batch: "
+            "set train.batch_size >= 2 (e.g. 16)"
+        )
     data = prepare_mil_data(cfg, tables=tables, labels=labels)  # every check, before training
     kind = cfg.data.task
     splits: list[tuple[np.ndarray, np.ndarray]] = []
