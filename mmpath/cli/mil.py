@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--key-added", default="mil", help="prefix of the output columns (mil)")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: auto)")
     p.set_defaults(func=cmd_predict_slides)
+    register_embed(sub)
 
 
 def cmd_predict_slides(args) -> int:
@@ -120,3 +121,46 @@ def _pictures(table, slides, folder: Path, args) -> None:
             plt.close(fig)
         except MmpathError as err:
             warn(f"slide {sid!r}: no gallery of top tiles ({err})")
+
+
+def register_embed(sub) -> None:
+    p = sub.add_parser("embed-slides", help="slide embeddings from a pretrained slide encoder")
+    p.add_argument(
+        "tables", nargs="+", help="tile tables (.h5ad) with the encoder's patch features"
+    )
+    p.add_argument("--encoder", required=True, help="titan, prism, gigapath-slide or feather")
+    p.add_argument("--use-rep", required=True, help="obsm key of the patch features")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model code from the encoder's Hugging Face repository (off by default)",
+    )
+    p.add_argument("-o", "--out", required=True, help="slide table to write (.h5ad)")
+    p.add_argument("--device", default=None, help="cpu, cuda... (default: auto)")
+    p.set_defaults(func=cmd_embed_slides)
+
+
+def cmd_embed_slides(args) -> int:
+    import anndata as ad
+
+    from mmpath import io, tl
+    from mmpath.io.bags import expand_tables
+    from mmpath.io.table import write_h5ad
+
+    parts = []
+    for path in progress(expand_tables(args.tables), args, desc="embed-slides", unit="table"):
+        table = io.read_h5ad(path)
+        parts.append(
+            tl.embed_slides(
+                table,
+                args.encoder,
+                use_rep=args.use_rep,
+                trust_remote_code=args.trust_remote_code,
+                device=args.device,
+            )
+        )
+    merged = ad.concat(parts, merge="first")
+    merged.uns = parts[0].uns
+    write_h5ad(merged, args.out)
+    summary(args, f"embedded {merged.n_obs} slides with {args.encoder}; slide table {args.out}")
+    return 0

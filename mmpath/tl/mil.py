@@ -23,7 +23,7 @@ from mmpath.io import _prov
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict_slides"]
+__all__ = ["predict_slides", "embed_slides"]
 
 
 def _check_features(adata, head) -> str:
@@ -162,4 +162,70 @@ def predict_slides(
         K.UNS_MIL: {key_added: record},
     }
     log.info("predicted %d slides with %s (%s)", len(obs), head.path or "a MIL head", task)
+    return slides
+
+
+def embed_slides(
+    adata,
+    encoder: str,
+    *,
+    use_rep: str,
+    trust_remote_code: bool = False,
+    key_added: str | None = None,
+    device: str | None = None,
+):
+    """One embedding per slide from a pretrained slide encoder (TITAN, PRISM, GigaPath...).
+
+    The table's features are checked against what the encoder needs (patch encoder, width,
+    tile size, µm/px) before the model is loaded (see :mod:`mmpath.models.slide_encoders`).
+
+    Parameters
+    ----------
+    adata
+        A tile table (one slide or a cohort).
+    encoder
+        Slide encoder name (``titan``, ``prism``, ``gigapath-slide``, ``feather``).
+    use_rep
+        obsm key of the patch features the encoder reads (e.g. ``X_conch_v15``).
+    trust_remote_code
+        Allow model code from the encoder's Hugging Face repository (off by default).
+    key_added
+        obsm key of the slide embeddings in the returned table (default ``X_<encoder>``).
+    device
+        Torch device (default: CUDA if available, else CPU).
+
+    Returns
+    -------
+    A slide table (AnnData, one row per slide) with ``obsm[key_added]``.
+
+    Example
+    -------
+    >>> slides = mm.tl.embed_slides(tiles, "titan", use_rep="X_conch_v15", trust_remote_code=True)
+    """
+    import anndata as ad
+    import torch
+
+    from mmpath.models.slide_encoders import check_slide_features, create_slide_encoder
+
+    _prov.require_tile_table(adata)
+    spec = check_slide_features(adata, encoder, use_rep=use_rep)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_slide_encoder(encoder, trust_remote_code=trust_remote_code, device=dev)
+    key = key_added or K.rep_key(K.slugify(encoder))
+    sid = adata.obs[K.SLIDE_ID].astype(str).to_numpy()
+    rows, vecs = [], []
+    for slide in dict.fromkeys(sid.tolist()):
+        idx = np.flatnonzero(sid == slide)
+        size0 = _prov.tiling(adata, slide).get("size0", spec.tile_px)
+        xy = adata.obs[[K.X, K.Y]].to_numpy()[idx]
+        vecs.append(model.encode(np.asarray(adata.obsm[use_rep])[idx], xy, int(round(size0))))
+        rows.append({K.SLIDE_ID: slide, K.N_TILES: len(idx)})
+    obs = pd.DataFrame(rows)
+    obs.index = pd.Index(obs[K.SLIDE_ID].to_numpy(), name=None)
+    slides = ad.AnnData(obs=obs)
+    slides.obsm[key] = np.stack(vecs).astype(np.float32)
+    slides.uns[K.UNS] = {
+        K.UNS_VERSION: __version__,
+        K.UNS_EMBEDDINGS: {key: {"encoder": encoder, "repo": spec.repo, "use_rep": use_rep}},
+    }
     return slides
