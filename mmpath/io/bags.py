@@ -125,12 +125,12 @@ def iter_table_bags(tables: Any, use_rep: str) -> Iterator[tuple[str, str, np.nd
         encoder = ((node.get(K.UNS_EMBEDDINGS) or {}).get(use_rep) or {}).get("encoder")
         sid = obs[K.SLIDE_ID].astype(str).to_numpy()
         listed = [str(s) for s in (node.get(K.UNS_SLIDES) or {})]
-        for slide in dict.fromkeys([*pd_unique(sid), *listed]):
+        for slide in dict.fromkeys([*_unique(sid), *listed]):
             rows = np.flatnonzero(sid == slide)
             yield name, slide, np.asarray(rep[rows], dtype=np.float32), encoder
 
 
-def pd_unique(values: np.ndarray) -> list[str]:
+def _unique(values: np.ndarray) -> list[str]:
     """Unique values in order of first appearance."""
     return list(dict.fromkeys(values.tolist()))
 
