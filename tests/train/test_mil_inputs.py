@@ -147,3 +147,30 @@ def test_cli_train_and_predict_slides_with_heatmaps(small, tmp_path, capsys):
     )
     assert rc == 2
     assert "5-d" in capsys.readouterr().err
+
+
+def test_patient_level_labels_pool_slides_and_class_weights_balance(tmp_path):
+    from mmpath.train.tasks._mil_data import prepare_mil_data
+    from mmpath.train.tasks.mil import MILRunConfig, MILTask
+
+    cohort = synthetic_mil_cohort(12, tiles=(20, 30), paired_patients=4, seed=5)
+    cfg = load_config(
+        MILRunConfig,
+        None,
+        [f"out={tmp_path / 'run'}", f"data.use_rep={SYNTH_REP}", "data.level=patient"],
+    )
+    data = prepare_mil_data(cfg, tables=cohort.tables, labels=cohort.labels)
+    assert len(data) == 8  # 12 slides, 4 patients with two
+    pairs = [s for s in data.slides if len(s) == 2]
+    assert len(pairs) == 4
+    i = data.slides.index(pairs[0])
+    n = sum(t.n_obs for t in cohort.tables if t.obs[K.SLIDE_ID].iloc[0] in pairs[0])
+    assert data.bag(i).shape == (n, 32)  # the patient's slides pooled into one bag
+    task = MILTask(cfg, None, data)
+    counts = np.bincount(data.y, minlength=2)
+    expected = counts.sum() / (2 * counts)
+    np.testing.assert_allclose(task.weights.numpy(), expected, rtol=1e-6)
+    bad = cohort.labels.copy()
+    bad.loc[bad[K.PATIENT_ID] == bad[K.PATIENT_ID].iloc[-1], "label"] = ["positive", "negative"]
+    with pytest.raises(DataError, match="conflicting labels"):
+        prepare_mil_data(cfg, tables=cohort.tables, labels=bad)
