@@ -15,11 +15,12 @@ from mmpath import errors
 from mmpath._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mmpath import datasets, index, io, models, pl, pp, tl
+    from mmpath import datasets, index, io, metrics, models, pl, pp, tl
 
-_LAZY = ("io", "pp", "tl", "pl", "index", "datasets", "models")
+_LAZY = ("io", "pp", "tl", "pl", "index", "datasets", "models", "metrics")
 
 __all__ = ["io", "pp", "tl", "pl", "index", "datasets", "errors", "models", "__version__"]
+__all__ += ["metrics"]
 
 
 def __getattr__(name: str) -> Any:

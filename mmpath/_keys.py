@@ -79,3 +79,11 @@ UNS_SEGMENT = "segment"  # uns["mmpath"]["segment"][key]: model, classes, per-sl
 ANOMALY = "anomaly"  # default key_added of tl.anomaly: obs["anomaly_score"], ...
 ANOMALY_KNN = "anomaly_knn"  # default key_added of tl.anomaly_knn: obs["anomaly_knn_score"]
 UNS_ANOMALY = "anomaly"  # uns["mmpath"]["anomaly"][key]: model / bank provenance
+
+# slide-level learning (MIL heads, tl.predict_slides, mm.metrics)
+MIL = "mil"  # default key_added of tl.predict_slides: obs["mil"] call, obs["mil_<class>"] probs
+MIL_ATTENTION = "mil_attention"  # tile tables: attention of the MIL head per tile
+MIL_RISK = "risk"  # slide tables: obs["<key>_risk"], survival models' log-hazard
+MIL_VALUE = "value"  # slide tables: obs["<key>_value"], regression models' prediction
+UNS_MIL = "mil"  # uns["mmpath"]["mil"][key]: model, task, classes
+PATIENT_ID = "patient_id"  # default patient column of label tables

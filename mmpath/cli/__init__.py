@@ -23,6 +23,7 @@ from mmpath.errors import MmpathError
 COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "train", "heads", "demo"]
 COMMAND_MODULES += ["serve"]  # the search web page (mmpath.serve)
 COMMAND_MODULES += ["annotate"]  # issue 11: labels from the CLI
+COMMAND_MODULES += ["mil"]
 
 
 def build_parser() -> argparse.ArgumentParser:

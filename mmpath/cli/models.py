@@ -17,7 +17,9 @@ COLUMNS = ["name", "kind", "dim", "proj_dim", "input_size", "mpp", "license", "w
 
 def register(sub) -> None:
     p = sub.add_parser("list", help="list registered encoders (or heads)")
-    p.add_argument("what", nargs="?", default="encoders", choices=["encoders", "heads"])
+    p.add_argument(
+        "what", nargs="?", default="encoders", choices=["encoders", "heads", "slide-encoders"]
+    )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter (*)")
     p.add_argument("--sources", action="store_true", help="also show source and aliases")
     p.set_defaults(func=cmd_list)
@@ -41,6 +43,14 @@ def cmd_list(args) -> int:
         for name in names:
             print(name)
         summary(args, f"{len(names)} heads")
+        return 0
+    if args.what == "slide-encoders":
+        from mmpath.models.slide_encoders import slide_encoders
+
+        names = slide_encoders.list(args.pattern)
+        for name in names:
+            print(f"{name}: {slide_encoders.get(name).meta.status}")
+        summary(args, f"{len(names)} slide encoders (none built or checked offline)")
         return 0
     from mmpath.models import list_encoders
 

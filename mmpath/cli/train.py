@@ -51,7 +51,10 @@ def cmd_train(args) -> int:
     if getattr(args, "quiet", False):
         overrides.append("train.quiet=true")
     cfg = load_config(spec.config, args.config, overrides)
-    result = fit(spec.build, cfg, resume=args.resume)
+    if spec.run is not None:  # several fits (e.g. cross-validation folds), each through fit
+        result = spec.run(cfg, resume=args.resume)
+    else:
+        result = fit(spec.build, cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
         return 0
     last = result.losses[-1] if result.losses else float("nan")

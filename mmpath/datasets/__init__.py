@@ -17,6 +17,7 @@ from mmpath.datasets.synthetic import (
     render,
     write_synthetic_slide,
 )
+from mmpath.datasets.synthetic_mil import MILCohort, synthetic_mil_cohort, write_mil_cohort
 from mmpath.datasets.synthetic_st import SyntheticST, synthetic_st
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "write_synthetic_slide",
     "synthetic_st",
     "SyntheticST",
+    "synthetic_mil_cohort",
+    "write_mil_cohort",
+    "MILCohort",
 ]
 
 SAMPLE_LICENSE = (

@@ -29,6 +29,7 @@ STEPS: list[tuple[str, str]] = [
     ("step_expression", "Image-to-RNA (smoke demo)"),
     ("step_heads", "Segmentation and anomaly heads (toy models)"),
 ]
+STEPS += [("step_mil", "Slide-level learning: attention MIL (synthetic cohort)")]
 
 
 def run_demo(out_dir: str | Path = "demo-out", *, quiet: bool = False) -> Path:

@@ -18,6 +18,7 @@ from mmpath.tl.expression import (
     predict_expression,
     summarize_expression,
 )
+from mmpath.tl.mil import embed_slides, predict_slides
 from mmpath.tl.probe import linear_probe
 from mmpath.tl.seg_baselines import baseline_segment
 from mmpath.tl.seg_metrics import anomaly_metrics, dice_jaccard
@@ -56,4 +57,7 @@ __all__ = [
     "anomaly",
     "anomaly_knn",
     "anomaly_metrics",
+    # slide-level learning
+    "predict_slides",
+    "embed_slides",
 ]

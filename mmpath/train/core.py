@@ -427,6 +427,9 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
             collate_fn=task.collate,
             num_workers=tc.num_workers,
             pin_memory=device.type == "cuda",
+            # the iterator's worker base seed comes from this generator, not the global torch
+            # RNG: a loader made on resume mid-epoch must not shift dropout's random stream
+            generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch),
         )
         module.train()
         for batch in loader:

@@ -28,6 +28,7 @@ TASK_MODULES: dict[str, str] = {
     "seg": "mmpath.train.tasks_seg",
     "anomaly": "mmpath.train.tasks_seg",
     "expr": "mmpath.tl.expression._task",
+    "mil": "mmpath.train.tasks.mil",
 }
 
 _tasks: Registry = Registry("training task")
@@ -41,15 +42,21 @@ class TaskSpec:
     config: type
     build: Callable[..., Any]
     help: str = ""
+    #: a task that is more than one fit (e.g. k-fold CV) runs as ``run(cfg, resume=...)``
+    run: Callable[..., Any] | None = None
 
 
 def register_task(
-    name: str, *, config: type, help: str = ""
+    name: str, *, config: type, help: str = "", run: Callable[..., Any] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a task builder under ``name`` with its run-config class."""
+    """Decorator registering a task builder under ``name`` with its run-config class.
+
+    ``run(cfg, resume=..., on_step=...) -> FitResult`` replaces the single :func:`fit` of the
+    CLI for tasks made of several fits (cross-validation folds); it calls ``fit`` itself.
+    """
 
     def deco(build: Callable[..., Any]) -> Callable[..., Any]:
-        _tasks.register(name, meta=TaskSpec(name, config, build, help))(build)
+        _tasks.register(name, meta=TaskSpec(name, config, build, help, run))(build)
         return build
 
     return deco

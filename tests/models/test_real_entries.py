@@ -50,6 +50,17 @@ SIGNATURES = {
             "blocks.0.mlp.fc2.weight": (1280, 3416),
         },
     ),
+    # paige-ai/Virchow: ViT-H/14, 632M (model card), as Virchow2 without the 4 registers
+    "virchow": (
+        631.2e6,
+        454,
+        {
+            "pos_embed": (1, 257, 1280),
+            "blocks.31.mlp.fc1.weight": (6832, 1280),
+            "blocks.0.mlp.fc2.weight": (1280, 3416),
+            "patch_embed.proj.weight": (1280, 3, 14, 14),
+        },
+    ),
     # bioptimus/H-optimus-0: ViT-g/14 with 4 registers, 1.1B
     "h-optimus-0": (
         1134.8e6,
@@ -176,6 +187,7 @@ PATCH = {
     "uni": 16,
     "uni2": 14,
     "virchow2": 14,
+    "virchow": 14,
     "h-optimus-0": 14,
     "prov-gigapath": 16,
     "phikon": 16,

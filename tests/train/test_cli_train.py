@@ -29,6 +29,7 @@ def test_shipped_configs_load():
     from mmpath.train import get_task
 
     tasks = {"clip": "clip", "ssl": "ssl", "seg": "seg", "vae": "anomaly", "expr": "expr"}
+    tasks["mil"] = "mil"
     shipped = sorted(CONFIGS.glob("*.yaml"))
     assert len(shipped) >= 6
     for path in shipped:  # every shipped config parses against its task's dataclasses

@@ -16,6 +16,11 @@ Sources (model cards / config.json of the hub repositories):
   ``img_size=224, init_values=1e-5, reg_tokens=4, mlp_ratio=5.3375, global_pool="",
   dynamic_img_size=True, mlp_layer=SwiGLUPacked, act_layer=SiLU``; embedding = CLS token
   concatenated with the mean of the patch tokens (after the 4 registers) -> 2560-d.
+* Virchow (v1): https://huggingface.co/paige-ai/Virchow - the same construction as Virchow2
+  without register tokens (``vit_huge_patch14_224``, ``img_size=224, init_values=1e-5,
+  mlp_ratio=5.3375, global_pool="", dynamic_img_size=True, mlp_layer=SwiGLUPacked,
+  act_layer=SiLU``); embedding = CLS concatenated with the mean of the patch tokens -> 2560-d
+  (what PRISM reads). Apache-2.0, gated.
 * H-optimus-0: https://huggingface.co/bioptimus/H-optimus-0 - ``vit_giant_patch14_reg4_dinov2``
   with ``init_values=1e-5, dynamic_img_size=False``; mean (0.707223, 0.578729, 0.703617),
   std (0.211883, 0.230117, 0.177517); 0.5 µm/px.
@@ -73,6 +78,7 @@ VIRCHOW2_KW: dict[str, Any] = dict(
     mlp_layer="SwiGLUPacked",
     act_layer="silu",
 )
+VIRCHOW_KW: dict[str, Any] = {k: v for k, v in VIRCHOW2_KW.items() if k != "reg_tokens"}
 HOPTIMUS0_KW: dict[str, Any] = dict(img_size=224, init_values=1e-5, dynamic_img_size=False)
 GIGAPATH_KW: dict[str, Any] = dict(
     img_size=224,
@@ -111,6 +117,15 @@ VIRCHOW2_INFO = EncoderInfo(
     pooling="cls+mean",
     license=NC_ND,
     source="https://huggingface.co/paige-ai/Virchow2 (Zimmermann et al., 2024)",
+)
+VIRCHOW_INFO = EncoderInfo(
+    "virchow",
+    "image",
+    2560,
+    data=HALF,
+    pooling="cls+mean",
+    license="Apache-2.0 (gated)",
+    source="https://huggingface.co/paige-ai/Virchow (Vorontsov et al., Nat Med 2024)",
 )
 HOPTIMUS0_INFO = EncoderInfo(
     "h-optimus-0",
@@ -161,6 +176,19 @@ def virchow2(**kwargs: Any) -> TimmEncoder:
         pooling="cls+mean",
         info=VIRCHOW2_INFO,
         **{**VIRCHOW2_KW, **kwargs},
+    )
+
+
+@register_encoder(
+    "virchow", VIRCHOW_INFO, weights=_gated("paige-ai/Virchow"), aliases=("virchow1",)
+)
+def virchow(**kwargs: Any) -> TimmEncoder:
+    """Virchow (v1) ViT-H/14, SwiGLU, no registers; CLS + mean of patch tokens (2560-d)."""
+    return TimmEncoder(
+        "vit_huge_patch14_224",
+        pooling="cls+mean",
+        info=VIRCHOW_INFO,
+        **{**VIRCHOW_KW, **kwargs},
     )
 
 

@@ -87,3 +87,22 @@ def vae(*, backbone: Any = None, **config: Any) -> VAEHead:
     """A VAE head; ``encoder="backbone"`` reads ``backbone`` (a name or an Encoder)."""
     bb = _encoder(backbone) if backbone is not None else None
     return VAEHead(VAEConfig(**config), backbone=bb)
+
+
+def _mil(kind: str):
+    def build(**config: Any):
+        from mmpath.models.heads.mil import MILConfig, MILHead
+
+        return MILHead(MILConfig(kind=kind, **config))
+
+    build.__doc__ = f"A {kind} MIL head; ``config`` = MILConfig fields (``in_dim``, ...)."
+    return build
+
+
+for _kind, _what in (
+    ("abmil", "gated attention MIL (torchmil AttentionPool)"),
+    ("transmil", "TransMIL (torchmil)"),
+    ("mean-mlp", "mean pooling + MLP baseline"),
+    ("max-mlp", "max pooling + MLP baseline"),
+):
+    heads.register(_kind, meta=HeadInfo("mil", _what, False))(_mil(_kind))

@@ -30,8 +30,16 @@ __all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE",
 
 HEAD_FILE = "head.yaml"
 WEIGHTS_FILE = "model.safetensors"
-KINDS = {"seg": "a segmentation (U-Net)", "anomaly": "an anomaly (VAE)"}
-_TRAIN_HINT = {"seg": "mmpath train seg", "anomaly": "mmpath train anomaly"}
+KINDS = {
+    "seg": "a segmentation (U-Net)",
+    "anomaly": "an anomaly (VAE)",
+    "mil": "a slide-level (MIL)",
+}
+_TRAIN_HINT = {
+    "seg": "mmpath train seg",
+    "anomaly": "mmpath train anomaly",
+    "mil": "mmpath train mil",
+}
 
 
 @dataclass
@@ -68,14 +76,17 @@ class TrainedHead:
 
 
 def _head_name(model: nn.Module) -> str:
+    from mmpath.models.heads.mil import MILHead
     from mmpath.models.heads.unet import UNetHead
     from mmpath.models.heads.vae import VAEHead
 
+    if isinstance(model, MILHead):
+        return model.config.kind
     if isinstance(model, UNetHead):
         return "unet"
     if isinstance(model, VAEHead):
         return "vae"
-    raise ModelError(f"cannot save a {type(model).__name__}: only U-Net and VAE heads save")
+    raise ModelError(f"cannot save a {type(model).__name__}: only U-Net, VAE and MIL heads save")
 
 
 def save_trained_head(head: TrainedHead, folder: str | os.PathLike[str]) -> Path:
@@ -163,6 +174,7 @@ def load_trained_head(
     """
     from safetensors.torch import load_file
 
+    from mmpath.models.heads.mil import MIL_HEADS, MILConfig, MILHead
     from mmpath.models.heads.unet import UNetConfig, UNetHead
     from mmpath.models.heads.vae import VAEConfig, VAEHead
 
@@ -194,6 +206,8 @@ def load_trained_head(
         model = UNetHead(encoder, UNetConfig(**cfg), input_size=int(meta["tile_size"]))
     elif meta.get("head") == "vae":
         model = VAEHead(VAEConfig(**cfg), backbone=encoder)
+    elif meta.get("head") in MIL_HEADS:
+        model = MILHead(MILConfig(**cfg))
     else:
         raise ModelError(f"{str(folder)!r}: unknown head {meta.get('head')!r}")
     weights = folder / WEIGHTS_FILE

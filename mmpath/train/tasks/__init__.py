@@ -1,0 +1,1 @@
+"""Training tasks, one module per task (``mil``; older tasks still live beside ``core``)."""
