@@ -41,7 +41,7 @@ from mmpath.io import _prov
 from mmpath.io.slide import Slide
 from mmpath.io.tiles import Remap
 from mmpath.tl import _embed_data as D
-from mmpath.tl._checkpoint import ChunkStore, rows_digest
+from mmpath.tl._checkpoint import ChunkStore, pixels_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +378,9 @@ def embed(
     chunk = D.round_chunk(int(chunk_size), batch_size)
     weights_id = _weights_id(model, weights)
 
+    preprocess: dict[str, Any] = {
+        sid: D.slide_preprocess(adata, sid, info.data).describe() for sid in ids
+    }
     store = None
     if checkpoint is not None:
         store = ChunkStore(
@@ -387,10 +390,11 @@ def embed(
                 "encoder": info.name,
                 "weights": weights_id,
                 "n_obs": adata.n_obs,
-                "rows": rows_digest(adata.obs_names),
+                "pixels": pixels_fingerprint(adata, ids, remap=remap),
                 "batch_size": batch_size,
                 "chunk_size": chunk,
                 "data": asdict(info.data),
+                "preprocess": preprocess,
                 "params": _param_digest(model),
             },
         )
@@ -399,7 +403,6 @@ def embed(
     feats = np.zeros((n, info.embed_dim), np.float32)
     proj = np.zeros((n, info.proj_dim), np.float32) if info.proj_dim else None
     ok = np.ones(n, bool)
-    preprocess: dict[str, Any] = {}
     col = np.asarray(adata.obs[K.SLIDE_ID].astype(str)) if n else np.array([])
 
     def put(rows, f, p, o):
@@ -417,7 +420,6 @@ def embed(
     for pos, sid in enumerate(ids):
         rows = np.flatnonzero(col == sid)
         sub = adata[rows] if len(ids) > 1 else adata
-        preprocess[sid] = D.slide_preprocess(sub, sid, info.data).describe()
         loaded: set[tuple[int, int]] = set()
         if store is not None:
             for a, b in D.chunk_bounds(len(rows), chunk):
