@@ -29,7 +29,7 @@ from mmpath._version import __version__
 from mmpath.errors import IndexError_
 from mmpath.index import _faiss as F
 from mmpath.index import _tables as T
-from mmpath.io._atomic import atomic_path
+from mmpath.io._atomic import atomic_path, interrupted_hint, recover
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a saved index, with clear errors for a missing or foreign directory."""
     path = Path(path)
     mpath = path / MANIFEST_FILE
+    recover(path)  # a save killed between its two renames
     if not path.is_dir():
-        raise IndexError_(f"no index at {str(path)!r} (expected a directory made by idx.save)")
+        raise IndexError_(
+            f"no index at {str(path)!r} (expected a directory made by idx.save)"
+            + interrupted_hint(path)
+        )
     if not mpath.is_file():
         raise IndexError_(f"{str(path)!r} has no {MANIFEST_FILE}; it is not an mmpath index")
     try:

@@ -41,7 +41,7 @@ import yaml
 from mmpath._version import __version__
 from mmpath.config import from_dict, to_dict
 from mmpath.errors import ConfigError, WeightsError
-from mmpath.io._atomic import atomic_path, check_replaceable
+from mmpath.io._atomic import atomic_path, check_replaceable, interrupted_hint, recover
 from mmpath.models.base import Encoder, EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,12 @@ def _resolve_paths(value: Any, root: Path) -> Any:
 
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed ``config.yaml`` of a model folder (raises WeightsError if absent/invalid)."""
+    recover(folder)  # a save killed between its two renames
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise WeightsError(
             f"{folder} is not an mmpath model folder (no {CONFIG_NAME}); "
-            "save one with mmpath.models.save_encoder"
+            "save one with mmpath.models.save_encoder" + interrupted_hint(folder)
         )
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))

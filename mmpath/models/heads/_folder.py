@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from mmpath.errors import ModelError, WeightsError
-from mmpath.io._atomic import atomic_path, check_replaceable
+from mmpath.io._atomic import atomic_path, check_replaceable, interrupted_hint, recover
 
 __all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE", "KINDS"]
 
@@ -134,8 +134,9 @@ def _plain(obj: Any) -> Any:
 
 
 def _find_folder(path: Path, kind: str) -> Path:
+    recover(path)  # a save killed between its two renames
     if not path.exists():
-        raise ModelError(f"model folder {str(path)!r} does not exist")
+        raise ModelError(f"model folder {str(path)!r} does not exist" + interrupted_hint(path))
     for cand in (path, path / "model"):
         if (cand / HEAD_FILE).is_file():
             return cand
