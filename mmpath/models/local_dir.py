@@ -174,6 +174,57 @@ def _resolve_paths(value: Any, root: Path) -> Any:
     return value
 
 
+# Keyword arguments that make a library read a file or the network on its own (timm's
+# ``checkpoint_path`` goes to torch.load; ``pretrained*`` downloads). A model folder carries
+# its weights in model.safetensors, so a config.yaml naming these is edited or foreign.
+_DENIED_KWARGS = frozenset(
+    {
+        "checkpoint_path",
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "pretrained_strict",
+        "cache_dir",
+        "hf_hub_id",
+        "url",
+    }
+)
+
+
+def _denied(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [k for k in value if k in _DENIED_KWARGS] + [
+            d for v in value.values() for d in _denied(v)
+        ]
+    if isinstance(value, list):
+        return [d for v in value for d in _denied(v)]
+    return []
+
+
+def create_from_config(family: Any, kwargs: Any, where: str | os.PathLike[str]) -> Encoder:
+    """``families.create(family, **kwargs)`` for the ``kwargs`` of a model folder's config,
+    with one clear :class:`WeightsError` for keys that would load files on their own and for
+    arguments the family does not take (an edited or foreign ``config.yaml``)."""
+    from mmpath.models.registry import families
+
+    if not isinstance(family, str) or not isinstance(kwargs, dict):
+        raise WeightsError(f"{where}: 'family' must be a name and 'kwargs' a mapping")
+    bad = _denied(kwargs)
+    if bad:
+        raise WeightsError(
+            f"{where}: kwargs {sorted(set(bad))} are not allowed in a model folder (weights "
+            "come from its model.safetensors only); remove them or re-save the model"
+        )
+    try:
+        return families.create(family, **kwargs)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:
+        text = " ".join(str(err).split())[:200]
+        raise WeightsError(
+            f"{where}: its kwargs do not build a {family!r} model ({type(err).__name__}: "
+            f"{text}); the config.yaml was edited or made by another version"
+        ) from None
+
+
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed ``config.yaml`` of a model folder (raises WeightsError if absent/invalid)."""
     recover(folder)  # a save killed between its two renames
@@ -199,21 +250,18 @@ def load_encoder(folder: str | os.PathLike[str], *, device: Any = None) -> Encod
     -------
     >>> enc = load_encoder("runs/clip/model")  # doctest: +SKIP
     """
-    from mmpath.models.registry import families
     from mmpath.models.weights import load_strict, read_state_dict
 
     root = Path(folder).expanduser().resolve()
     config = read_config(root)
     kwargs = _resolve_paths(config.get("kwargs") or {}, root)
     meta = device is not None and torch.device(device).type == "meta"
+    where = root / CONFIG_NAME
     if meta:
         with torch.device("meta"):
-            enc = families.create(config["family"], **kwargs)
+            enc = create_from_config(config.get("family"), kwargs, where)
     else:
-        try:
-            enc = families.create(config["family"], **kwargs)
-        except WeightsError as err:
-            raise WeightsError(f"model folder {root}: {err}") from None
+        enc = create_from_config(config.get("family"), kwargs, where)
     try:
         info = from_dict(EncoderInfo, config["info"])
     except (ConfigError, KeyError) as err:

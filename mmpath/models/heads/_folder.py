@@ -180,14 +180,14 @@ def load_trained_head(
         )
     encoder = None
     if meta.get("encoder"):
-        from mmpath.models.registry import families
+        from mmpath.models.local_dir import create_from_config
 
         spec = meta["encoder"]
         kwargs = {
             k: (str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v)
             for k, v in spec["kwargs"].items()
         }
-        encoder = families.create(spec["family"], **kwargs)
+        encoder = create_from_config(spec["family"], kwargs, folder / HEAD_FILE)
     cfg = meta.get("config") or {}
     if meta.get("head") == "unet":
         if "indices" in cfg and isinstance(cfg["indices"], list):
