@@ -256,12 +256,15 @@ def load_encoder(folder: str | os.PathLike[str], *, device: Any = None) -> Encod
     config = read_config(root)
     kwargs = _resolve_paths(config.get("kwargs") or {}, root)
     meta = device is not None and torch.device(device).type == "meta"
-    where = root / CONFIG_NAME
+    where = CONFIG_NAME
     if meta:
         with torch.device("meta"):
             enc = create_from_config(config.get("family"), kwargs, where)
     else:
-        enc = create_from_config(config.get("family"), kwargs, where)
+        try:
+            enc = create_from_config(config.get("family"), kwargs, where)
+        except WeightsError as err:
+            raise WeightsError(f"model folder {root}: {err}") from None
     try:
         info = from_dict(EncoderInfo, config["info"])
     except (ConfigError, KeyError) as err:
