@@ -22,8 +22,20 @@ from mmpath.errors import MmpathError
 COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "train", "heads", "demo"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``mmpath <verb>: error: ... (see --help)``, exit 2.
+
+    argparse's own error prints the whole usage block first (five lines or more for most
+    verbs); subparsers are built with this class too.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmpath",
         description="Multimodal representation learning for computational pathology.",
     )
@@ -39,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as done:  # --help, --version, or a one-line usage error
+        return done.code if isinstance(done.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2

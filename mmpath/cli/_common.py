@@ -74,3 +74,31 @@ def input_error(text: str) -> None:
     """One ``mmpath: error: ...`` line on stderr for an input a batch verb could not process
     (the batch goes on; the verb exits 2 at the end)."""
     print(f"mmpath: error: {text}", file=sys.stderr)
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0 (worker counts, seeds)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device this machine has (``cuda`` needs a GPU)."""
+    import argparse
+
+    from mmpath.errors import MmpathError
+
+    try:
+        from mmpath.models.registry import check_device
+
+        check_device(text)
+    except MmpathError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

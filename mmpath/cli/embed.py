@@ -13,7 +13,16 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpath.cli._common import input_error, parse_remap, progress, remap_arg, skip_table, summary
+from mmpath.cli._common import (
+    device_arg,
+    input_error,
+    nonneg_int,
+    parse_remap,
+    progress,
+    remap_arg,
+    skip_table,
+    summary,
+)
 from mmpath.errors import MmpathError
 
 log = logging.getLogger(__name__)
@@ -27,11 +36,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (64)")
     p.add_argument(
         "--num-workers",
-        type=int,
+        type=nonneg_int,
         default=None,
         help="reader processes (default: up to 2; 0 reads in the main process)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    p.add_argument(
+        "--device", type=device_arg, default=None, help="cpu, cuda, cuda:1... (default: auto)"
+    )
     p.add_argument("--key-added", default=None, help="obsm key (default X_<encoder slug>)")
     p.add_argument(
         "--chunk-size", type=int, default=2048, help="tiles per checkpointed chunk (2048)"

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from mmpath._names import check_name
-from mmpath.cli._common import input_error, progress, skip_table, summary
+from mmpath.cli._common import device_arg, input_error, progress, skip_table, summary
 from mmpath.errors import ConfigError, DataError, MmpathError
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def register(sub) -> None:
         "--top-k", type=int, default=10, help="tiles per slide pooled into the slide call (10)"
     )
     p.add_argument("--key-added", default="zs", help="obs prefix of the results (zs)")
-    p.add_argument("--device", default=None, help="cpu, cuda... (default: auto)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda... (default: auto)")
     p.add_argument(
         "-o",
         "--out",

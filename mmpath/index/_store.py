@@ -56,6 +56,8 @@ def write_index(index, path: Path) -> None:
 def save(idx, path: str | os.PathLike[str]) -> Path:
     """Write ``idx`` to the directory ``path`` atomically; returns the path."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IndexError_(f"{str(path)!r} is a file, not an index directory; pick a new path")
     if path.exists() and not (path / MANIFEST_FILE).is_file() and any(path.iterdir()):
         raise IndexError_(f"{str(path)!r} exists and is not an mmpath index; pick a new directory")
     with atomic_path(path) as tmp:

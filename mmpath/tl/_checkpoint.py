@@ -78,11 +78,7 @@ def pixels_fingerprint(adata, slide_ids: list[str], *, remap=None) -> dict[str, 
     from mmpath import _keys as K
     from mmpath.io import _prov
 
-    h = hashlib.sha1()
-    for col in (K.X, K.Y):
-        if col in adata.obs:
-            h.update(np.ascontiguousarray(adata.obs[col].to_numpy(np.float64)).tobytes())
-        h.update(b"|")
+    h = hashlib.sha1(np.ascontiguousarray(_prov.tile_xy(adata)).tobytes())
     slides = {}
     for sid in slide_ids:
         rec = _prov.slide_record(adata, sid)

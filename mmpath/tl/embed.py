@@ -88,8 +88,10 @@ def resolve_encoder(encoder, *, weights: str | None = None, device: str | None =
 def _device_of(model, device: str | None):
     import torch
 
+    from mmpath.models.registry import check_device
+
     if device is not None:
-        return torch.device(device)
+        return torch.device(check_device(device))
     param = next(iter(model.parameters()), None)
     if param is not None and param.device.type != "cpu":
         return param.device
@@ -365,6 +367,10 @@ def embed(
     ids = _check_table(adata)
     if batch_size <= 0:
         raise DataError(f"batch_size must be > 0, got {batch_size}")
+    if num_workers is not None and int(num_workers) < 0:
+        raise DataError(f"num_workers must be >= 0 (0 reads in this process), got {num_workers}")
+    if chunk_size <= 0:
+        raise DataError(f"chunk_size must be > 0 tiles, got {chunk_size}")
     if slide is not None and len(ids) > 1:
         raise DataError("slide= was given but the table holds several slides; omit slide=")
     model = resolve_encoder(encoder, weights=weights, device=device)
