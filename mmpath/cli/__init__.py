@@ -59,7 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Our own handler for this run only: in-process callers (tests, notebooks) get their
+    # handlers back afterwards, and no handler outlives the stderr it wrote to.
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     noisy = ("PIL", "matplotlib", "numba", "h5py", "fsspec", "urllib3", "httpx", "anndata", "faiss")
     for name in noisy:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -87,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         warnings.showwarning = shown
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
