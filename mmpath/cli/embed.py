@@ -70,9 +70,11 @@ def _done(adata, key: str, encoder_name: str, weights) -> bool:
 def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
     """Embed one table file; returns (status, n_tiles) with status 'done' or 'skipped'."""
     from mmpath import io, tl
+    from mmpath.io._atomic import recover
     from mmpath.tl._checkpoint import sidecar_path
     from mmpath.tl.embed import _weights_id, embedding_key
 
+    recover(path)  # a crashed earlier run's half-written copy of this table
     adata = io.read_h5ad(path)
     if skip_table(adata, path):
         return "not tiles", 0

@@ -146,6 +146,9 @@ def cmd_build(args) -> int:
         raise IndexError_(f"{str(out)!r} exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise IndexError_(f"{str(out)!r} is a file, not an index directory; pick a new path")
+    from mmpath.io._atomic import recover
+
+    recover(out)  # leftovers of a crashed earlier build (index folders can be large)
     tables = _read_tables(args.tables, args)
     idx = index.build(
         tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None

@@ -134,6 +134,7 @@ def tile_one(
     ``inputs`` (the run's resolved input files) are never overwritten by a thumbnail.
     """
     from mmpath import io, pl, pp
+    from mmpath.io._atomic import recover
 
     out = Path(args.out)
     seen = {} if seen is None else seen
@@ -146,6 +147,7 @@ def tile_one(
             )
         seen[sid] = slide.path
         target = out / f"{sid}.h5ad"
+        recover(target)  # leftovers of a crashed earlier run of this output
         png = None
         if not args.no_thumbnail:
             own = {Path(slide.path or path).resolve()}

@@ -145,7 +145,10 @@ def recover(target: str | os.PathLike[str]) -> Path | None:
         # The newest interrupted swap wins (highest mtime of its .old).
         pid = max(found[_OLD], key=lambda k: found[_OLD][k].stat().st_mtime_ns)
         src = found[_TMP].pop(pid, None) or found[_OLD].pop(pid)
-        os.replace(src, target)
+        try:
+            os.replace(src, target)
+        except FileNotFoundError:  # another process recovered it first
+            return None
         _fsync_dir(target.parent)
         restored = src
         log.warning(

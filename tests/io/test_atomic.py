@@ -195,3 +195,22 @@ def test_missing_target_with_a_live_writer_is_named_in_the_error(tmp_path):
     with pytest.raises(IndexError_, match=r"interrupted write left \.x\.idx\.old-"):
         mm.index.load(tmp_path / "x.idx")
     assert (tmp_path / f".x.idx.old-{live}").exists()  # a running writer's files are kept
+
+
+def test_next_tile_run_removes_dead_leftovers_of_its_outputs(tmp_path, dead_pid):
+    """A rerun that skips the (complete) table still clears a crashed run's temporaries."""
+    from PIL import Image
+
+    from mmpath.cli import main
+
+    arr = np.full((200, 300, 3), 235, np.uint8)
+    arr[40:160, 60:240] = (150, 80, 160)
+    Image.fromarray(arr).save(tmp_path / "s.png")
+    out = tmp_path / "out"
+    argv = ["-q", "tile", str(tmp_path / "s.png"), "-o", str(out), "--slide-mpp", "0.5"]
+    argv += ["--size", "64", "--min-tissue", "0", "--no-thumbnail"]
+    assert main(argv) == 0
+    stale = out / f".s.h5ad.tmp-{dead_pid}"
+    stale.write_bytes(b"\0" * 4096)  # a table half-written by a killed run
+    assert main(argv) == 0  # same settings: skipped
+    assert not stale.exists()
