@@ -181,13 +181,13 @@ def create_encoder(
     >>> enc.info.embed_dim
     64
     """
+    device = check_device(device)
     if isinstance(name, Encoder):
         return _finish(name, device)
     if not isinstance(name, str) or not name:
         raise ModelError(f"encoder name must be a non-empty string, got {name!r}")
     import mmpath.models.encoders  # noqa: F401 - registers the entries
 
-    device = check_device(device)
     meta_only = device is not None and torch.device(device).type == "meta"
     if name.startswith("local-dir:"):
         from mmpath.models.local_dir import load_encoder
