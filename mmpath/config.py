@@ -9,6 +9,7 @@ unknown keys and wrong types, applies dotted overrides (``train.lr=3e-4``), and
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -67,8 +68,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
             number = float(value) if tp is float else int(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: int(inf)
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if tp is float and not math.isfinite(number):  # nan/inf: never a sensible setting
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         if tp is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return number

@@ -150,3 +150,61 @@ class _Fixed:
 
     def print_help(self):
         self.parser.print_help()
+
+
+def test_tile_rerun_skips_only_complete_outputs_with_the_same_settings(tmp_path, capsys):
+    """Issue 10 item 6: a rerun skips a slide only when its table AND thumbnail exist and were
+    made with the same settings; other settings are refused naming --overwrite."""
+    src = _png_slide(tmp_path / "in" / "s.png")
+    out = tmp_path / "out"
+    base = ["-q", "tile", str(src), "-o", str(out), "--slide-mpp", "0.5", "--min-tissue", "0"]
+    assert main([*base, "--size", "64"]) == 0
+    table, png = out / "s.h5ad", out / "s.png"
+    first = io.read_h5ad(table)
+    assert first.uns["mmpath"]["slides"]["s"]["tiling"]["cli_request"]["size"] == 64
+    # a kill between the table and the thumbnail: the rerun draws the missing thumbnail
+    png.unlink()
+    stamp = table.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*base, "--size", "64"]) == 0
+    assert png.is_file() and table.stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    # other settings over the 64-px table: refused with one line naming --overwrite
+    assert main([*base, "--size", "128"]) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "size 64 -> 128" in err[0]
+    assert "tiled 0/1" in cap.out
+    assert io.read_h5ad(table).n_obs == first.n_obs  # untouched
+    # --overwrite redoes it with the new settings
+    assert main([*base, "--size", "128", "--overwrite"]) == 0
+    redone = io.read_h5ad(table)
+    assert redone.uns["mmpath"]["slides"]["s"]["tiling"]["size"] == 128
+    assert redone.n_obs < first.n_obs
+    # and then the same settings skip
+    stamp = table.stat().st_mtime_ns
+    assert main([*base, "--size", "128"]) == 0
+    assert table.stat().st_mtime_ns == stamp
+
+
+def test_tile_rerun_refuses_a_table_without_recorded_settings(tmp_path, capsys):
+    src = _png_slide(tmp_path / "in" / "s.png")
+    out = tmp_path / "out"
+    base = ["-q", "tile", str(src), "-o", str(out), "--slide-mpp", "0.5", "--size", "64"]
+    assert main(base) == 0
+    t = io.read_h5ad(out / "s.h5ad")
+    del t.uns["mmpath"]["slides"]["s"]["tiling"]["cli_request"]
+    io.write_h5ad(t, out / "s.h5ad")
+    capsys.readouterr()
+    assert main(base) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_tile_out_is_a_file(tmp_path, capsys):
+    src = _png_slide(tmp_path / "s.png")
+    f = tmp_path / "f.txt"
+    f.write_text("keep")
+    assert main(["-q", "tile", str(src), "-o", str(f), "--slide-mpp", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and "Traceback" not in err[0]
+    assert f.read_text() == "keep"

@@ -26,8 +26,20 @@ COMMAND_MODULES += ["annotate"]  # issue 11: labels from the CLI
 COMMAND_MODULES += ["mil"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``mmpath <verb>: error: ... (see --help)``, exit 2.
+
+    argparse's own error prints the whole usage block first (five lines or more for most
+    verbs); subparsers are built with this class too.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmpath",
         description="Multimodal representation learning for computational pathology.",
     )
@@ -43,12 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as done:  # --help, --version, or a one-line usage error
+        return done.code if isinstance(done.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Our own handler for this run only: in-process callers (tests, notebooks) get their
+    # handlers back afterwards, and no handler outlives the stderr it wrote to.
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     noisy = ("PIL", "matplotlib", "numba", "h5py", "fsspec", "urllib3", "httpx", "anndata", "faiss")
     for name in noisy:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -83,3 +105,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
         dedup.summarise()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -177,3 +177,31 @@ class WarningDedup(logging.Filter):
 
 
 _KIND = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0 (worker counts, seeds)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device this machine has (``cuda`` needs a GPU)."""
+    import argparse
+
+    from mmpath.errors import MmpathError
+
+    try:
+        from mmpath.models.registry import check_device
+
+        check_device(text)
+    except MmpathError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

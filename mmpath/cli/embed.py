@@ -17,9 +17,11 @@ import shutil
 from pathlib import Path
 
 from mmpath.cli._common import (
+    device_arg,
     encoder_caveat,
     estimate_mpp_arg,
     input_error,
+    nonneg_int,
     parse_remap,
     progress,
     remap_arg,
@@ -40,11 +42,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (64)")
     p.add_argument(
         "--num-workers",
-        type=int,
+        type=nonneg_int,
         default=None,
         help="reader processes (default: up to 2; 0 reads in the main process)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    p.add_argument(
+        "--device", type=device_arg, default=None, help="cpu, cuda, cuda:1... (default: auto)"
+    )
     p.add_argument("--key-added", default=None, help="obsm key (default X_<encoder slug>)")
     p.add_argument(
         "--chunk-size", type=int, default=2048, help="tiles per checkpointed chunk (2048)"
@@ -112,8 +116,10 @@ def _settle_table_mpp(adata, args, remap) -> None:
 def _open_table(path: Path, encoder, args, remap, stain=None):
     """``(status, adata, key, weights)``: status 'todo', 'skipped' or 'not tiles'."""
     from mmpath import io
+    from mmpath.io._atomic import recover
     from mmpath.tl.embed import _weights_id, embedding_key
 
+    recover(path)  # a crashed earlier run's half-written copy of this table
     adata = io.read_h5ad(path)
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)

@@ -13,7 +13,14 @@ import warnings
 from pathlib import Path
 
 from mmpath._names import to_component
-from mmpath.cli._common import parse_remap, recorded_caveat, remap_arg, slide_mpp_arg, summary
+from mmpath.cli._common import (
+    nonneg_int,
+    parse_remap,
+    recorded_caveat,
+    remap_arg,
+    slide_mpp_arg,
+    summary,
+)
 from mmpath.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,7 +76,7 @@ def register(sub) -> None:
     )
     f.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: skip)")
     f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--num-workers", type=int, default=0)
+    f.add_argument("--num-workers", type=nonneg_int, default=0)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("-o", "--out", required=True, help="model folder to write")
     slide_mpp_arg(f)
@@ -87,7 +94,7 @@ def register(sub) -> None:
         help="also draw GENE over the slide thumbnail (repeatable)",
     )
     q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--num-workers", type=int, default=0)
+    q.add_argument("--num-workers", type=nonneg_int, default=0)
     q.add_argument("-o", "--out", required=True, help="output .h5ad (tiles x genes)")
     remap_arg(q)
     q.set_defaults(func=cmd_predict)
@@ -171,10 +178,11 @@ def cmd_fit(args) -> int:
     for flag, value in (("--mpp", args.mpp), ("--slide-mpp", args.slide_mpp)):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag} must be a positive number of µm/px, got {value}")
-    from mmpath.tl.expression._model import check_save_target
+    from mmpath.tl.expression._model import check_save_target, resolve_params
 
     check_save_target(args.out)  # before minutes of embedding and cross-validation
     params = parse_params(args.param)
+    resolve_params(args.method, args.fusion, params)  # unknown or bad --param: fail now
     genomic = _read_genomic(args.genomic)  # a missing file fails before the embedding
     mpp = _tile_mpp(args)
     tables, key = [], None

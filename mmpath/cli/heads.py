@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmpath._names import check_name
 from mmpath.cli._common import (
+    device_arg,
     input_error,
     parse_remap,
     progress,
@@ -39,7 +40,7 @@ def register(sub) -> None:
     p.add_argument(
         "--formats", default="png,geojson", help="comma-separated: png, tiff, geojson (png,geojson)"
     )
-    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device (cpu)")
     slide_mpp_arg(p)
     remap_arg(p)
     p.set_defaults(func=cmd_segment)
@@ -55,7 +56,7 @@ def register(sub) -> None:
         "-o", "--out", default=None, help="output directory (default: update tables in place)"
     )
     p.add_argument("--no-heatmap", action="store_true", help="skip the heatmap PNGs")
-    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device (cpu)")
     remap_arg(p)
     p.set_defaults(func=cmd_anomaly)
 

@@ -140,7 +140,9 @@ def parse_params(items: list[str]) -> dict:
                 out[name] = float(value)
             except ValueError:
                 raise ConfigError(f"--param {name} needs a number, got {value!r}") from None
-    return out
+    from mmpath.index._faiss import check_params
+
+    return check_params(out)
 
 
 def _read_tables(paths, args):
@@ -163,6 +165,11 @@ def cmd_build(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise IndexError_(f"{str(out)!r} exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise IndexError_(f"{str(out)!r} is a file, not an index directory; pick a new path")
+    from mmpath.io._atomic import recover
+
+    recover(out)  # leftovers of a crashed earlier build (index folders can be large)
     tables = _read_tables(args.tables, args)
     idx = index.build(
         tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None
@@ -228,7 +235,14 @@ def _select_rows(table, rows: str | None):
         return table
     if ":" in rows:
         a, _, b = rows.partition(":")
-        return table[int(a or 0) : int(b) if b else None]
+        try:
+            start, stop = int(a or 0), int(b) if b else None
+        except ValueError:
+            raise ConfigError(
+                f"--rows {rows!r}: START:STOP must be whole numbers (e.g. 0:10), or pass "
+                "comma-separated row names"
+            ) from None
+        return table[start:stop]
     names = [r.strip() for r in rows.split(",") if r.strip()]
     missing = [r for r in names if r not in table.obs_names]
     if missing:

@@ -131,6 +131,55 @@ def _thumbnail_path(out: Path, slide_id: str, inputs: set[Path]) -> Path:
     return out / f"{slide_id}.tiles.png" if png.resolve() in inputs else png
 
 
+# The CLI settings that decide a slide's tile table, recorded in its tiling provenance so a
+# rerun can tell whether an existing table answers the same request.
+_REQUEST = "cli_request"
+
+
+def _request(args) -> dict:
+    return {
+        "size": args.size,
+        "mpp": args.mpp,
+        "level": args.level,
+        "overlap": args.overlap,
+        "min_tissue": args.min_tissue,
+        "slide_mpp": args.slide_mpp,
+    }
+
+
+def _reusable(target: Path, slide, sid: str, args):
+    """The existing table at ``target`` when it was tiled from this slide file with the same
+    settings; a :class:`SlideError` naming ``--overwrite`` when it was not."""
+    from mmpath import io
+    from mmpath.io import _prov
+
+    try:
+        done = io.read_h5ad(target)
+        rec = _prov.plain(_prov.root(done)[K.UNS_SLIDES]).get(sid, {})
+    except (MmpathError, OSError, KeyError, TypeError, ValueError):
+        rec, done = {}, None
+    other = rec.get("path")
+    if other and slide.path and Path(other) != Path(slide.path):
+        raise SlideError(
+            f"{str(target)!r} already holds slide {sid!r} tiled from {other!r}, not "
+            "from this file; use another -o folder, or --overwrite to replace it"
+        )
+    made = rec.get(K.UNS_TILING, {}).get(_REQUEST) if done is not None else None
+    now = _request(args)
+    if made is None:
+        raise SlideError(
+            f"{str(target)!r} exists but does not record the settings it was tiled with "
+            "(unreadable, or made by another tool or version); pass --overwrite to redo it"
+        )
+    diff = [f"{k} {made.get(k)!r} -> {v!r}" for k, v in now.items() if made.get(k) != v]
+    if diff:
+        raise SlideError(
+            f"{str(target)!r} was tiled with other settings ({'; '.join(diff)}); pass "
+            "--overwrite to redo it (this replaces the table and anything added to it)"
+        )
+    return done
+
+
 def tile_one(
     path: str, args, seen: dict[str, str] | None = None, inputs: set[Path] | None = None
 ) -> tuple[int, Path]:
@@ -141,7 +190,7 @@ def tile_one(
     ``inputs`` (the run's resolved input files) are never overwritten by a thumbnail.
     """
     from mmpath import io, pl, pp
-    from mmpath.io import _prov
+    from mmpath.io._atomic import recover
     from mmpath.pp.mpp import settle_mpp
 
     out = Path(args.out)
@@ -156,16 +205,21 @@ def tile_one(
         seen[sid] = slide.path
         settle_mpp(slide, estimate=args.estimate_mpp)  # the mpp rule: refuse when unknown
         target = out / f"{sid}.h5ad"
+        recover(target)  # leftovers of a crashed earlier run of this output
+        png = None
+        if not args.no_thumbnail:
+            own = {Path(slide.path or path).resolve()}
+            png = _thumbnail_path(out, sid, (inputs or set()) | own)
         if target.exists() and not args.overwrite:
-            done = io.read_h5ad(target)
-            other = _prov.plain(_prov.root(done)[K.UNS_SLIDES]).get(sid, {}).get("path")
-            if other and slide.path and Path(other) != Path(slide.path):
-                raise SlideError(
-                    f"{str(target)!r} already holds slide {sid!r} tiled from {other!r}, not "
-                    "from this file; use another -o folder, or --overwrite to replace it"
-                )
-            log.info("%s exists; skipping (use --overwrite to redo)", target)
-            return done.n_obs, target
+            done = _reusable(target, slide, sid, args)
+            if done is not None:
+                if png is not None and not png.is_file():
+                    log.info("%s lacks its thumbnail; drawing it", target)
+                    mask = pp.detect_tissue(slide)
+                    pl.tiles(done, slide, color=K.TISSUE_FRAC, tissue=mask, save=png)
+                else:
+                    log.info("%s exists with the same settings; skipping", target)
+                return done.n_obs, target
         mask = pp.detect_tissue(slide)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # empty slides are reported below
@@ -178,11 +232,10 @@ def tile_one(
                 min_tissue=args.min_tissue,
                 tissue=mask,
             )
+        tiles.uns[K.UNS][K.UNS_SLIDES][sid][K.UNS_TILING][_REQUEST] = _request(args)
         io.write_h5ad(tiles, target)
-        if not args.no_thumbnail:
-            own = {Path(slide.path or path).resolve()}
-            png = _thumbnail_path(out, sid, (inputs or set()) | own)
-            pl.tiles(tiles, slide, color="tissue_frac", tissue=mask, save=png)
+        if png is not None:
+            pl.tiles(tiles, slide, color=K.TISSUE_FRAC, tissue=mask, save=png)
     return tiles.n_obs, target
 
 
@@ -195,6 +248,10 @@ class _NoTissueNote(logging.Filter):
 
 
 def cmd_tile(args) -> int:
+    from mmpath.errors import ConfigError
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"-o {args.out!r} is a file; pass a folder for the tile tables")
     note = _NoTissueNote()
     logging.getLogger("mmpath.pp.tissue").addFilter(note)
     try:

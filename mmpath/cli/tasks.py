@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmpath._names import check_name
 from mmpath.cli._common import (
+    device_arg,
     encoder_caveat,
     input_error,
     plot_failed,
@@ -49,7 +50,7 @@ def register(sub) -> None:
         "--top-k", type=int, default=10, help="tiles per slide pooled into the slide call (10)"
     )
     p.add_argument("--key-added", default="zs", help="obs prefix of the results (zs)")
-    p.add_argument("--device", default=None, help="cpu, cuda... (default: auto)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda... (default: auto)")
     p.add_argument(
         "-o",
         "--out",

@@ -80,7 +80,7 @@ def build(
         "normalisation": NORMALISATION,
         "metric": "inner_product",
         "factory": plan.factory,
-        "params": {**plan.params, **dict(params or {})},
+        "params": {**plan.params, **F.check_params(params)},
         "next_id": n,
         "slides": got.slides,
         "mmpath_version": __version__,

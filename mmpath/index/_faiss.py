@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,26 @@ def choose(n: int, dim: int, factory: str | None = None) -> Plan:
             refine = "RFlat" if n <= REFINE_FLAT_MAX else "Refine(SQ8)"
             factory = f"IVF{nlist_for(n)},PQ{pq_m_for(dim)}x4fs,{refine}"
     return Plan(factory, default_params(factory))
+
+
+# The query-time parameters an index takes (faiss ParameterSpace names; k_factor is the
+# refinement's). Anything else would be silently ignored by faiss, so it is refused.
+QUERY_PARAMS = ("nprobe", "efSearch", "k_factor")
+
+
+def check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` as a dict, or an :class:`IndexError_` for unknown names or values that are
+    not finite numbers >= 1."""
+    out = dict(params or {})
+    for name, value in out.items():
+        if name not in QUERY_PARAMS:
+            raise IndexError_(
+                f"unknown query parameter {name!r}; the parameters are {', '.join(QUERY_PARAMS)}"
+            )
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 1:
+            raise IndexError_(f"query parameter {name} must be a number >= 1, got {value!r}")
+    return out
 
 
 def default_params(factory: str) -> dict[str, Any]:

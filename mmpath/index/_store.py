@@ -29,7 +29,7 @@ from mmpath._version import __version__
 from mmpath.errors import IndexError_
 from mmpath.index import _faiss as F
 from mmpath.index import _tables as T
-from mmpath.io._atomic import atomic_path
+from mmpath.io._atomic import atomic_path, interrupted_hint, recover
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def write_index(index, path: Path) -> None:
 def save(idx, path: str | os.PathLike[str]) -> Path:
     """Write ``idx`` to the directory ``path`` atomically; returns the path."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IndexError_(f"{str(path)!r} is a file, not an index directory; pick a new path")
     if path.exists() and not (path / MANIFEST_FILE).is_file() and any(path.iterdir()):
         raise IndexError_(f"{str(path)!r} exists and is not an mmpath index; pick a new directory")
     with atomic_path(path) as tmp:
@@ -88,11 +90,15 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a saved index, with clear errors for a missing or foreign directory."""
     path = Path(path)
     mpath = path / MANIFEST_FILE
+    recover(path)  # a save killed between its two renames
     if not path.is_dir():
         from mmpath._settings import spell
 
         made_by = spell("mm.index.build(...).save(path)", "`mmpath index build ... -o DIR`")
-        raise IndexError_(f"no index at {str(path)!r} (expected a directory made by {made_by})")
+        raise IndexError_(
+            f"no index at {str(path)!r} (expected a directory made by {made_by})"
+            + interrupted_hint(path)
+        )
     if not mpath.is_file():
         raise IndexError_(f"{str(path)!r} has no {MANIFEST_FILE}; it is not an mmpath index")
     try:

@@ -128,7 +128,7 @@ def collect(tables: list, use_rep: str, start_id: int) -> Collected:
         ok = t.obs[K.TILE_OK].to_numpy(bool) if K.TILE_OK in t.obs else np.ones(t.n_obs, bool)
         if (~ok).any():
             log.info("leaving out %d damaged tile(s) (obs[%r] False)", (~ok).sum(), K.TILE_OK)
-        x = np.asarray(t.obsm[use_rep], dtype=np.float32)[ok]
+        x = _prov.numeric_rep(t.obsm[use_rep], f"{what}'s obsm[{use_rep!r}]")[ok]
         vecs.append(prepare(x, what=f"rows of obsm[{use_rep!r}]") if len(x) else x)
         frames.append(_meta_frame(t, ok))
         node = t.uns.get(K.UNS, {})

@@ -97,7 +97,7 @@ class TileIndex:
         -------
         >>> idx.set_params(nprobe=64)
         """
-        self.manifest["params"] = {**self.params, **params}
+        self.manifest["params"] = {**self.params, **F.check_params(params)}
         F.apply_params(self.index, self.params)
         if self._gpu is not None:
             F.apply_params(self._gpu, self.params)
@@ -157,7 +157,7 @@ class TileIndex:
         self._check_k(k)
         if where is None and not params:  # the hot path: defaults are set on the index
             return (self.index if self._gpu is None else self._gpu).search(x, int(k))
-        p = {**self.params, **(params or {})}
+        p = {**self.params, **F.check_params(params)}
         selector = None
         if where is not None:
             selector = F.Selector(self.filter_ids(where))

@@ -1,20 +1,44 @@
-"""Atomic file output: write to a temporary sibling, then rename over the target.
+"""Atomic, recoverable output: write to a temporary sibling, then rename over the target.
 
-A crash halfway leaves the temporary file (named ``.<name>.tmp-<pid>``), never a file at the
-final name that looks complete.
+A crash halfway leaves the temporary (named ``.<name>.tmp-<pid>``), never a file at the final
+name that looks complete.
+
+Files are replaced with one ``os.replace``. A directory cannot be renamed over a non-empty one,
+so a directory swap takes two renames: ``target -> .<name>.old-<pid>``, then
+``.<name>.tmp-<pid> -> target``. Both the new contents and the parent directory are fsynced
+before the first rename, so after a crash (kill -9, power loss) the disk holds either
+
+* the old target (crash before the first rename; a ``.tmp`` may be left),
+* no target, a complete ``.old`` and a complete ``.tmp`` (crash between the renames), or
+* the new target and maybe a ``.old`` (crash before the old one was removed).
+
+:func:`recover` turns each of these back into one complete target and removes the leftovers
+of processes that are no longer running. It runs whenever an output is written again
+(:func:`atomic_path`) and when a directory output (index, model, head, weights folder) is
+opened, so the state between the two renames is never seen as "missing".
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 # The process umask, read once at import (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+_TMP, _OLD = "tmp", "old"
+
+
+def _sibling(target: Path, kind: str, pid: int | None = None) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{os.getpid() if pid is None else pid}")
 
 
 @contextlib.contextmanager
@@ -22,7 +46,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     Works for files and directories. On error the temporary is removed and the previous
-    ``target`` (if any) is untouched.
+    ``target`` (if any) is untouched. Leftovers of an earlier crashed write of the same
+    ``target`` are recovered or removed first (see the module docstring).
 
     Example
     -------
@@ -31,22 +56,158 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    recover(target)
+    tmp = _sibling(target, _TMP)
     _remove(tmp)
     try:
         yield tmp
         _default_permissions(tmp)
+        _fsync_tree(tmp)
         if tmp.is_dir() and target.is_dir():
             # os.replace cannot swap a non-empty directory: move the old one aside first.
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = _sibling(target, _OLD)
             _remove(old)
+            _fsync_dir(target.parent)
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                _swap_hook()
+                os.replace(tmp, target)
+            except BaseException:
+                if not target.exists():  # an error (not a kill) between the renames
+                    os.replace(old, target)
+                raise
+            _fsync_dir(target.parent)
             _remove(old)
         else:
             os.replace(tmp, target)
+            _fsync_dir(target.parent)
     finally:
         _remove(tmp)
+
+
+def _swap_hook() -> None:
+    """Called between the two renames of a directory swap; tests raise here to simulate a
+    crash at the worst moment."""
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours
+    return True
+
+
+def _leftovers(target: Path) -> list[Path]:
+    """``.<name>.tmp-<pid>`` and ``.<name>.old-<pid>`` siblings of ``target``."""
+    prefix = f".{target.name}."
+    try:
+        with os.scandir(target.parent) as it:
+            names = [e.name for e in it if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = _LEFTOVER.match(name)
+        if m and m["name"] == target.name:
+            out.append(target.parent / name)
+    return out
+
+
+def recover(target: str | os.PathLike[str]) -> Path | None:
+    """Repair an interrupted write of ``target`` and remove leftovers of dead writers.
+
+    * no ``target`` but a ``.old-<pid>``: the swap stopped between its renames; the new
+      version (``.tmp-<pid>`` of the same pid, complete since the swap had started) is
+      moved into place, or else the old one is restored;
+    * ``target`` present: ``.old-*`` and ``.tmp-*`` siblings of writers no longer running
+      are deleted (a crashed table, checkpoint or index folder can be hundreds of MB).
+
+    Leftovers of running processes are never touched. Returns the sibling that became
+    ``target``, or ``None``.
+    """
+    target = Path(target)
+    found: dict[str, dict[int, Path]] = {_TMP: {}, _OLD: {}}
+    for p in _leftovers(target):
+        m = _LEFTOVER.match(p.name)
+        pid = int(m["pid"])
+        if not _alive(pid):
+            found[m["kind"]][pid] = p
+    restored = None
+    if not target.exists() and found[_OLD]:
+        # The newest interrupted swap wins (highest mtime of its .old).
+        pid = max(found[_OLD], key=lambda k: found[_OLD][k].stat().st_mtime_ns)
+        src = found[_TMP].pop(pid, None) or found[_OLD].pop(pid)
+        try:
+            os.replace(src, target)
+        except FileNotFoundError:  # another process recovered it first
+            return None
+        _fsync_dir(target.parent)
+        restored = src
+        log.warning(
+            "recovered %s from %s left by an interrupted write (process %d)", target, src.name, pid
+        )
+    for group in found.values():
+        for p in group.values():
+            if p != restored:
+                log.info("removing %s left by a crashed write of %s", p.name, target.name)
+                _remove(p)
+    return restored
+
+
+def interrupted_hint(target: str | os.PathLike[str]) -> str:
+    """A sentence naming leftovers of an interrupted write of ``target``, or ``""``.
+
+    For "not found" errors: if a running process is swapping ``target`` right now, or a
+    leftover could not be recovered, the user learns where their data is.
+    """
+    target = Path(target)
+    names = sorted(p.name for p in _leftovers(target))
+    if not names:
+        return ""
+    return f" (an interrupted write left {', '.join(names)} in {str(target.parent)!r})"
+
+
+def _fsync_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so the renames/creations in it reach the disk (no-op where
+    directories cannot be opened, e.g. Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (or the file ``path``)."""
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_dir():
+        for root, _dirs, files in os.walk(path):
+            for f in files:
+                p = Path(root) / f
+                if not p.is_symlink():
+                    _fsync_file(p)
+            _fsync_dir(Path(root))
+    else:
+        _fsync_file(path)
 
 
 def check_replaceable(target: str | os.PathLike[str], markers: tuple[str, ...], what: str) -> None:

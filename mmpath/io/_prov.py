@@ -57,11 +57,58 @@ def set_slide_record(adata, slide_id: str, record: dict[str, Any]) -> None:
 
 
 def tiling(adata, slide_id: str) -> dict[str, Any]:
-    """The tiling spec of one slide."""
+    """The tiling spec of one slide (checked: sizes > 0, level >= 0)."""
     rec = slide_record(adata, slide_id)
-    if K.UNS_TILING not in rec:
+    if K.UNS_TILING not in rec or not isinstance(rec[K.UNS_TILING], dict):
         raise DataError(f"slide {slide_id!r} has no tiling spec in the table's provenance")
-    return rec[K.UNS_TILING]
+    spec = rec[K.UNS_TILING]
+    for key, low in (("size", 1), ("read_size", 1), ("level", 0)):
+        value = spec.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise DataError(
+                f"slide {slide_id!r}: the table's tiling spec has {key}={value!r} (must be a "
+                f"whole number >= {low}); the table was edited or damaged: re-tile the slide"
+            )
+        if value != int(value):
+            raise DataError(
+                f"slide {slide_id!r}: the table's tiling spec has {key}={value!r}, not a whole "
+                "number; the table was edited or damaged: re-tile the slide"
+            )
+    return spec
+
+
+def tile_xy(adata) -> np.ndarray:
+    """``(n, 2)`` int64 level-0 top-left corners of the tiles; a :class:`DataError` for
+    missing, non-finite (NaN) or negative coordinates instead of casting NaN to -2**63."""
+    xy = (
+        np.stack(
+            [np.asarray(adata.obs[K.X], np.float64), np.asarray(adata.obs[K.Y], np.float64)], axis=1
+        )
+        if adata.n_obs
+        else np.zeros((0, 2))
+    )
+    bad = ~np.isfinite(xy).all(axis=1) | (xy < 0).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{int(bad.sum())} tile(s) have missing, non-finite or negative x/y, e.g. "
+            f"{str(adata.obs_names[i])!r} at ({xy[i, 0]}, {xy[i, 1]}); fix or re-tile the table"
+        )
+    return xy.astype(np.int64)
+
+
+def numeric_rep(x, what: str, dtype=np.float32) -> np.ndarray:
+    """``x`` (an obsm entry) as a ``dtype`` array (``None`` keeps its dtype), or a
+    :class:`DataError` naming ``what`` when it holds strings or objects."""
+    if hasattr(x, "toarray"):
+        x = x.toarray()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(
+            f"{what} has dtype {arr.dtype} (not numbers); pass an embedding key such as "
+            "X_<encoder> made by mm.tl.embed"
+        )
+    return arr if dtype is None else arr.astype(dtype, copy=False)
 
 
 def is_slide_table(adata) -> bool:

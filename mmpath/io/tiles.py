@@ -153,11 +153,7 @@ class TileReader:
                 _check_reachable(sid, spec.path, remap)
         self._given = slide
         self.slide_ids = np.asarray(adata.obs[K.SLIDE_ID].astype(str)) if ids else np.array([])
-        self.xy = (
-            np.stack([adata.obs[K.X].to_numpy(np.int64), adata.obs[K.Y].to_numpy(np.int64)], axis=1)
-            if ids
-            else np.zeros((0, 2), np.int64)
-        )
+        self.xy = _prov.tile_xy(adata) if ids else np.zeros((0, 2), np.int64)
         self.names = np.asarray(adata.obs_names)
         self._pid = None
         self._open: dict[str, Slide] = {}

@@ -83,9 +83,9 @@ def read_visium(
                 f"{str(path)!r} is neither a Space Ranger folder nor an .h5ad file; pass the "
                 "folder holding filtered_feature_bc_matrix.h5 and spatial/"
             )
-        import anndata as ad
+        from mmpath.io.table import read_h5ad
 
-        st = ad.read_h5ad(path)
+        st = read_h5ad(path)  # one DataError for empty or damaged files
     else:
         st = _read_folder(path, count_file)
     st.var_names_make_unique()
@@ -97,10 +97,17 @@ def read_visium(
 def _read_folder(path: Path, count_file: str):
     import scanpy as sc
 
-    if not (path / count_file).exists():
+    counts = path / count_file
+    if not counts.exists():
         raise DataError(
             f"{str(path)!r} has no {count_file}; pass the Space Ranger outs/ folder "
             "(or count_file= for a raw_feature_bc_matrix.h5)"
+        )
+    if not counts.is_file() or counts.stat().st_size == 0:
+        what = "a folder" if counts.is_dir() else "empty"
+        raise DataError(
+            f"the count matrix {str(counts)!r} is {what}, not a 10x .h5 file; copy "
+            f"{count_file} from the Space Ranger outs/ folder again"
         )
     if not (path / "spatial" / "scalefactors_json.json").exists():
         raise DataError(
@@ -124,9 +131,16 @@ def _read_folder(path: Path, count_file: str):
 def _read_folder_direct(path: Path, count_file: str):
     import scanpy as sc
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        st = sc.read_10x_h5(path / count_file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            st = sc.read_10x_h5(path / count_file)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        text = " ".join(str(err).split())[:160]
+        raise DataError(
+            f"the count matrix {str(path / count_file)!r} cannot be read as a 10x .h5 file "
+            f"({type(err).__name__}: {text}); copy it from the Space Ranger outs/ folder again"
+        ) from None
     spatial = path / "spatial"
     found = [spatial / f for f in _POSITION_FILES if (spatial / f).exists()]
     if not found:

@@ -41,7 +41,7 @@ import yaml
 from mmpath._version import __version__
 from mmpath.config import from_dict, to_dict
 from mmpath.errors import ConfigError, WeightsError
-from mmpath.io._atomic import atomic_path, check_replaceable
+from mmpath.io._atomic import atomic_path, check_replaceable, interrupted_hint, recover
 from mmpath.models.base import Encoder, EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -174,13 +174,65 @@ def _resolve_paths(value: Any, root: Path) -> Any:
     return value
 
 
+# Keyword arguments that make a library read a file or the network on its own (timm's
+# ``checkpoint_path`` goes to torch.load; ``pretrained*`` downloads). A model folder carries
+# its weights in model.safetensors, so a config.yaml naming these is edited or foreign.
+_DENIED_KWARGS = frozenset(
+    {
+        "checkpoint_path",
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "pretrained_strict",
+        "cache_dir",
+        "hf_hub_id",
+        "url",
+    }
+)
+
+
+def _denied(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [k for k in value if k in _DENIED_KWARGS] + [
+            d for v in value.values() for d in _denied(v)
+        ]
+    if isinstance(value, list):
+        return [d for v in value for d in _denied(v)]
+    return []
+
+
+def create_from_config(family: Any, kwargs: Any, where: str | os.PathLike[str]) -> Encoder:
+    """``families.create(family, **kwargs)`` for the ``kwargs`` of a model folder's config,
+    with one clear :class:`WeightsError` for keys that would load files on their own and for
+    arguments the family does not take (an edited or foreign ``config.yaml``)."""
+    from mmpath.models.registry import families
+
+    if not isinstance(family, str) or not isinstance(kwargs, dict):
+        raise WeightsError(f"{where}: 'family' must be a name and 'kwargs' a mapping")
+    bad = _denied(kwargs)
+    if bad:
+        raise WeightsError(
+            f"{where}: kwargs {sorted(set(bad))} are not allowed in a model folder (weights "
+            "come from its model.safetensors only); remove them or re-save the model"
+        )
+    try:
+        return families.create(family, **kwargs)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:
+        text = " ".join(str(err).split())[:200]
+        raise WeightsError(
+            f"{where}: its kwargs do not build a {family!r} model ({type(err).__name__}: "
+            f"{text}); the config.yaml was edited or made by another version"
+        ) from None
+
+
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed ``config.yaml`` of a model folder (raises WeightsError if absent/invalid)."""
+    recover(folder)  # a save killed between its two renames
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise WeightsError(
             f"{folder} is not an mmpath model folder (no {CONFIG_NAME}); "
-            "save one with mmpath.models.save_encoder"
+            "save one with mmpath.models.save_encoder" + interrupted_hint(folder)
         )
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -198,19 +250,19 @@ def load_encoder(folder: str | os.PathLike[str], *, device: Any = None) -> Encod
     -------
     >>> enc = load_encoder("runs/clip/model")  # doctest: +SKIP
     """
-    from mmpath.models.registry import families
     from mmpath.models.weights import load_strict, read_state_dict
 
     root = Path(folder).expanduser().resolve()
     config = read_config(root)
     kwargs = _resolve_paths(config.get("kwargs") or {}, root)
     meta = device is not None and torch.device(device).type == "meta"
+    where = CONFIG_NAME
     if meta:
         with torch.device("meta"):
-            enc = families.create(config["family"], **kwargs)
+            enc = create_from_config(config.get("family"), kwargs, where)
     else:
         try:
-            enc = families.create(config["family"], **kwargs)
+            enc = create_from_config(config.get("family"), kwargs, where)
         except WeightsError as err:
             raise WeightsError(f"model folder {root}: {err}") from None
     try:

@@ -113,6 +113,28 @@ def _build_device(device: str | torch.device | None):
         yield
 
 
+def check_device(device: Any) -> Any:
+    """``device`` unchanged when it names a device this machine has; else a one-line
+    :class:`ModelError` (``cuda`` without a GPU, ``cuda:3`` on a 1-GPU machine, ``"gpu"``)."""
+    if device is None or isinstance(device, torch.device) and device.type in ("cpu", "meta"):
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(
+            f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelError(f"device {str(device)!r} asked but no CUDA GPU is available; use cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ModelError(f"device {str(device)!r} asked but this machine has {n} GPU(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {str(device)!r} asked but MPS is not available; use cpu")
+    return device
+
+
 def _finish(enc: Encoder, device: Any) -> Encoder:
     if not isinstance(enc, Encoder):
         raise ModelError(f"factory returned {type(enc).__name__}, not an Encoder")
@@ -168,6 +190,7 @@ def create_encoder(
     >>> enc.info.embed_dim
     64
     """
+    device = check_device(device)
     if isinstance(name, Encoder):
         return _finish(name, device)
     if not isinstance(name, str) or not name:

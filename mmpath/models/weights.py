@@ -36,6 +36,7 @@ from torch import nn
 
 from mmpath._settings import mmpath_home
 from mmpath.errors import WeightsError
+from mmpath.io._atomic import recover
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def resolve_weights(
         )
     looked: list[str] = []
     home = weights_dir(name)
+    recover(home)  # an install killed between its two renames
     if home.is_dir() and any(home.iterdir()):
         return home
     looked.append(str(home))

@@ -2,9 +2,18 @@
 
 Each tile is the square its row covers in level-0 pixels (``x``, ``y`` and the tiling's
 ``size0``). For every label, the polygons of that label are merged (so overlapping shapes
-count once) and the covered fraction of each tile is computed exactly with shapely; an
-``STRtree`` restricts the intersections to tiles whose boxes touch a polygon, so the cost
-grows with the annotated area, not with the number of tiles times the number of polygons.
+count once) and the covered fraction of each tile is computed exactly with shapely.
+
+Speed on large polygons (a hand-drawn tumour outline can hold 10^6 vertices). An ``STRtree``
+of the polygon parts finds candidate tiles by bounding box. Each part is *prepared* (GEOS
+indexes its edges once), so asking whether a tile lies wholly inside it
+(``contains_properly``: fraction 1, no overlay) or touches it at all costs O(log n) per tile
+instead of O(n). Only tiles crossed by the boundary need an exact intersection area, and for
+those the polygon is first cut into pieces by recursive bisection of the tiles' extent
+(GEOS's fast ``clip_by_rect``; the exact overlay runs only at the leaves), so each tile
+meets a piece with a few hundred vertices rather than the whole outline.
+:func:`_label_fractions_direct` is the plain reference (one overlay per tile-polygon pair);
+a test checks that both agree.
 """
 
 from __future__ import annotations
@@ -23,8 +32,13 @@ log = logging.getLogger(__name__)
 __all__ = ["annotate_tiles"]
 
 
-def _label_fractions(boxes: np.ndarray, geom, tile_area: float) -> np.ndarray:
-    """Fraction of each box covered by ``geom`` (a Polygon/MultiPolygon of disjoint parts)."""
+# Recursion leaves: pieces this small (vertices) or this few tiles are intersected directly.
+_LEAF_VERTICES = 512
+_LEAF_BOXES = 8
+
+
+def _label_fractions_direct(boxes: np.ndarray, geom, tile_area: float) -> np.ndarray:
+    """Reference: one exact overlay per (tile, polygon part) pair whose boxes touch."""
     import shapely
 
     parts = np.asarray(shapely.get_parts(geom))
@@ -36,6 +50,56 @@ def _label_fractions(boxes: np.ndarray, geom, tile_area: float) -> np.ndarray:
     if box_idx.size:
         areas = shapely.area(shapely.intersection(boxes[box_idx], parts[part_idx]))
         np.add.at(frac, box_idx, areas)
+    return np.clip(frac / tile_area, 0.0, 1.0)
+
+
+def _boundary_areas(piece, boxes: np.ndarray, bounds: np.ndarray, out: np.ndarray, ids) -> None:
+    """``out[ids] = area(box ∩ piece)`` for tiles crossed by the boundary, cutting ``piece``
+    down by recursive bisection of the tiles' extent first (see the module docstring)."""
+    import shapely
+
+    if not len(ids) or piece.is_empty:
+        return
+    if len(ids) <= _LEAF_BOXES or shapely.get_num_coordinates(piece) <= _LEAF_VERTICES:
+        if not shapely.is_valid(piece):  # clip_by_rect output is not guaranteed valid
+            piece = shapely.make_valid(piece)
+        out[ids] = shapely.area(shapely.intersection(boxes[ids], piece))
+        return
+    b = bounds[ids]
+    centres = (b[:, :2] + b[:, 2:]) / 2
+    axis = int(np.ptp(centres[:, 1]) > np.ptp(centres[:, 0]))
+    order = np.argsort(centres[:, axis], kind="stable")
+    halves = (ids[order[: len(ids) // 2]], ids[order[len(ids) // 2 :]])
+    for half in halves:
+        hb = bounds[half]
+        # clip_by_rect is ~25x faster than an overlay on a large piece; the rectangle holds
+        # every tile of the half, so their intersections with the piece are unchanged.
+        sub = shapely.clip_by_rect(piece, *hb[:, :2].min(0), *hb[:, 2:].max(0))
+        _boundary_areas(sub, boxes, bounds, out, half)
+
+
+def _label_fractions(boxes: np.ndarray, geom, tile_area: float) -> np.ndarray:
+    """Fraction of each box covered by ``geom`` (a Polygon/MultiPolygon of disjoint parts)."""
+    import shapely
+
+    parts = np.asarray(shapely.get_parts(geom))
+    frac = np.zeros(len(boxes))
+    if not len(parts) or not len(boxes):
+        return frac
+    bounds = shapely.bounds(boxes)
+    tree = shapely.STRtree(parts)
+    box_idx, part_idx = tree.query(boxes)  # bounding boxes only: cheap for any polygon
+    for p in np.unique(part_idx):
+        part = parts[p]
+        cand = box_idx[part_idx == p]
+        shapely.prepare(part)
+        inside = shapely.contains_properly(part, boxes[cand])
+        frac[cand[inside]] += shapely.area(boxes[cand[inside]])
+        rest = cand[~inside]
+        rest = rest[shapely.intersects(part, boxes[rest])]
+        area = np.zeros(len(boxes))
+        _boundary_areas(part, boxes, bounds, area, rest)
+        frac[rest] += area[rest]
     return np.clip(frac / tile_area, 0.0, 1.0)
 
 

@@ -136,6 +136,12 @@ def spot_tiles(
     plan = plan_read(slide, int(size), mpp=mpp)
     size0 = plan["size0"]
     centres = np.asarray(st.obsm[K.SPATIAL], np.float64) * k
+    if centres.ndim != 2 or centres.shape[1] != 2 or not np.isfinite(centres).all():
+        bad = int((~np.isfinite(centres)).any(axis=-1).sum()) if centres.ndim == 2 else 0
+        raise SlideError(
+            f"obsm['spatial'] must be finite (n_spots, 2) pixel coordinates; {bad} spot(s) "
+            "are NaN or infinite: drop or fix them (they would become tiles at -2**63)"
+        )
     W, H = slide.dimensions
     outside = (
         (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (centres[:, 1] >= H)

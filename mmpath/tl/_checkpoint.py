@@ -3,8 +3,11 @@
 A checkpoint is a sidecar directory (the CLI puts it next to the table:
 ``<table>.h5ad.embed-<key>.partial/``) holding
 
-* ``meta.json``: a fingerprint of the run (encoder, weights, table rows, batch and chunk
-  sizes, preprocessing). A checkpoint whose fingerprint differs is discarded, never mixed in.
+* ``meta.json``: a fingerprint of the run: encoder, weights (name and a sample of the
+  parameters), batch and chunk sizes, and everything that decides the pixels of each row
+  (:func:`pixels_fingerprint`: row names, x/y, each slide's path, file size and mtime, and its
+  tiling spec: size, level, read size, mpp, downsample; plus the model's preprocessing). A
+  checkpoint whose fingerprint differs is discarded with a one-line note, never mixed in.
 * one ``<slide>-<start>-<stop>.npz`` per finished chunk of one slide's rows: features,
   projections and the tile-ok flags. Each file is written atomically, so an interrupted run
   leaves whole chunks only.
@@ -47,6 +50,55 @@ def rows_digest(obs_names) -> str:
     return h.hexdigest()
 
 
+# Tiling keys that decide which pixels a row holds (the rest, e.g. n_tiles, follow from them).
+_PIXEL_KEYS = ("size", "level", "read_size", "size0", "level_downsample", "mpp", "mpp_effective")
+
+
+def _file_identity(path: str | None, remap) -> dict[str, Any] | None:
+    """Path, byte size and mtime of a slide file (``None`` for in-memory slides)."""
+    from mmpath.io.tiles import _remap_path
+
+    if not path:
+        return None
+    real = _remap_path(str(path), remap)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return {"path": str(path)}
+    return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def pixels_fingerprint(adata, slide_ids: list[str], *, remap=None) -> dict[str, Any]:
+    """Everything that decides the pixels behind each row of a tile table.
+
+    Row names, the x/y columns (as bytes), and per slide its file identity (path, size,
+    mtime) and tiling spec. Two tables with the same ``obs_names`` but other positions, tile
+    sizes, levels or slide files give different fingerprints.
+    """
+    from mmpath import _keys as K
+    from mmpath.io import _prov
+
+    h = hashlib.sha1(np.ascontiguousarray(_prov.tile_xy(adata)).tobytes())
+    slides = {}
+    for sid in slide_ids:
+        rec = _prov.slide_record(adata, sid)
+        spec = rec.get(K.UNS_TILING, {})
+        slides[sid] = {
+            "file": _file_identity(rec.get("path"), remap),
+            "dims": rec.get("dims"),
+            "mpp": rec.get("mpp"),
+            "tiling": {k: spec.get(k) for k in _PIXEL_KEYS},
+        }
+    return {"rows": rows_digest(adata.obs_names), "xy": h.hexdigest(), "slides": slides}
+
+
+def _differing(old: Any, new: dict[str, Any]) -> list[str]:
+    if not isinstance(old, dict):
+        return ["meta.json"]
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
 class ChunkStore:
     """A checkpoint directory; see the module docstring."""
 
@@ -60,7 +112,12 @@ class ChunkStore:
             except (OSError, ValueError):
                 old = None
             if old != self.fingerprint:
-                log.warning("checkpoint %s was made by a different run; starting over", self.path)
+                what = ", ".join(_differing(old, self.fingerprint))
+                log.warning(
+                    "checkpoint %s was made with other %s; discarding it and starting over",
+                    self.path,
+                    what,
+                )
                 shutil.rmtree(self.path, ignore_errors=True)
         elif self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)

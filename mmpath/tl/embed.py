@@ -41,7 +41,7 @@ from mmpath.io import _prov
 from mmpath.io.slide import Slide
 from mmpath.io.tiles import Remap
 from mmpath.tl import _embed_data as D
-from mmpath.tl._checkpoint import ChunkStore, rows_digest
+from mmpath.tl._checkpoint import ChunkStore, pixels_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ def resolve_encoder(encoder, *, weights: str | None = None, device: str | None =
 def _device_of(model, device: str | None):
     import torch
 
+    from mmpath.models.registry import check_device
+
     if device is not None:
-        return torch.device(device)
+        return torch.device(check_device(device))
     param = next(iter(model.parameters()), None)
     if param is not None and param.device.type != "cpu":
         return param.device
@@ -365,6 +367,10 @@ def embed(
     ids = _check_table(adata)
     if batch_size <= 0:
         raise DataError(f"batch_size must be > 0, got {batch_size}")
+    if num_workers is not None and int(num_workers) < 0:
+        raise DataError(f"num_workers must be >= 0 (0 reads in this process), got {num_workers}")
+    if chunk_size <= 0:
+        raise DataError(f"chunk_size must be > 0 tiles, got {chunk_size}")
     if slide is not None and len(ids) > 1:
         raise DataError("slide= was given but the table holds several slides; omit slide=")
     model = resolve_encoder(encoder, weights=weights, device=device)
@@ -391,6 +397,9 @@ def embed(
         stain = stain if isinstance(stain, StainTarget) else StainTarget.from_dict(stain)
         stain_rec = stain.to_dict()
 
+    preprocess: dict[str, Any] = {
+        sid: D.slide_preprocess(adata, sid, info.data).describe() for sid in ids
+    }
     store = None
     if checkpoint is not None:
         store = ChunkStore(
@@ -400,10 +409,11 @@ def embed(
                 "encoder": info.name,
                 "weights": weights_id,
                 "n_obs": adata.n_obs,
-                "rows": rows_digest(adata.obs_names),
+                "pixels": pixels_fingerprint(adata, ids, remap=remap),
                 "batch_size": batch_size,
                 "chunk_size": chunk,
                 "data": asdict(info.data),
+                "preprocess": preprocess,
                 "params": _param_digest(model),
                 "stain": stain_rec,
             },
@@ -413,7 +423,6 @@ def embed(
     feats = np.zeros((n, info.embed_dim), np.float32)
     proj = np.zeros((n, info.proj_dim), np.float32) if info.proj_dim else None
     ok = np.ones(n, bool)
-    preprocess: dict[str, Any] = {}
     col = np.asarray(adata.obs[K.SLIDE_ID].astype(str)) if n else np.array([])
 
     def put(rows, f, p, o):

@@ -19,6 +19,7 @@ import pandas as pd
 
 from mmpath import _keys as K
 from mmpath.errors import DataError
+from mmpath.io import _prov
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def get_rep(adata, use_rep: str) -> np.ndarray:
             f"no obsm[{use_rep!r}] in the table (obsm keys: {have}); compute it first with "
             "mm.tl.embed(adata, encoder=...) or pass an existing key as use_rep="
         )
-    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    X = _prov.numeric_rep(X, f"obsm[{use_rep!r}]" if use_rep != "X" else "X", dtype=None)
     if X.ndim != 2 or X.shape[0] != adata.n_obs:
         raise DataError(f"{use_rep!r} has shape {X.shape}; expected ({adata.n_obs}, dim)")
     return X

@@ -10,6 +10,7 @@ never leaves a truncated checkpoint, and it loads with ``torch.load(weights_only
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"no checkpoint at {str(path)!r} to resume from; run without --resume to start afresh"
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, pickle payloads, foreign files
+        kind = (
+            "holds objects other than tensors and plain values (refused unread)"
+            if isinstance(err, pickle.UnpicklingError)
+            else "is damaged or not a checkpoint"
+        )
+        raise ConfigError(
+            f"the checkpoint {str(path)!r} {kind}; delete it and run without --resume to "
+            "start afresh"
+        ) from None
+    needed = ("step", "model", "optimizer", "scheduler")
+    if not isinstance(state, dict) or not all(k in state for k in needed):
+        raise ConfigError(
+            f"{str(path)!r} is not an mmpath training checkpoint; delete it and run without "
+            "--resume to start afresh"
+        )
+    return state
 
 
 def load_trainable(module: nn.Module, state: dict[str, torch.Tensor]) -> None:

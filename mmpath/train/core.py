@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 
 from mmpath.config import save_config, to_dict
 from mmpath.errors import ConfigError, DataError
-from mmpath.io._atomic import atomic_path
+from mmpath.io._atomic import atomic_path, recover
 from mmpath.train import checkpoint as ckpt
 from mmpath.train.config import TrainConfig
 from mmpath.train.dist import DistEnv, barrier, init_distributed, mean_across, shutdown
@@ -295,6 +295,9 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
             "use a multiple of the process count"
         )
     ckpt_file = ckpt.checkpoint_path(out)
+    if env.is_main:  # leftovers of a crashed earlier run
+        for path in (ckpt_file, out / MODEL_DIR):
+            recover(path)
     if not resume and ckpt_file.exists():
         raise ConfigError(
             f"{str(out)!r} already holds a training run; pass --resume (resume=True) to continue "

@@ -351,3 +351,40 @@ def test_annotate_tiles_bad_arguments(slide, tiles):
         mm.pp.annotate_tiles(tiles, mm.io.Annotations([]))
     with pytest.raises(AnnotationError, match="not a Polygon"):
         mm.io.Annotations([("A", shapely.Point(0, 0))])
+
+
+def _wobbly(n, cx, cy, r, seed):
+    """A star-shaped outline with ``n`` vertices (a hand-drawn region), valid."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    rr = r * (1 + 0.2 * np.sin(5 * t) + 0.05 * rng.standard_normal(n))
+    return shapely.Polygon(np.c_[cx + rr * np.cos(t), cy + rr * np.sin(t)]).buffer(0)
+
+
+@pytest.mark.parametrize("stride", [64, 40])
+def test_fast_label_fractions_equal_the_direct_overlay(stride):
+    """Issue 10 item 8: prepared polygons + inside/outside short-circuit + recursive clipping
+    give the same fractions as one exact overlay per tile, on many-vertex polygons with holes,
+    several parts, edges lying exactly on tile borders, and overlapping tiles."""
+    from mmpath.pp.annotate import _label_fractions, _label_fractions_direct
+
+    size = 64
+    g = np.arange(0, 1600, stride)
+    xs, ys = np.meshgrid(g, g)
+    boxes = shapely.box(xs.ravel(), ys.ravel(), xs.ravel() + size, ys.ravel() + size)
+    outline = _wobbly(3000, 800, 800, 560, seed=1)
+    hole = _wobbly(600, 700, 800, 120, seed=2)
+    aligned = box(128, 1408, 640, 1536)  # edges on the tile grid
+    tiny = shapely.Point(1500.5, 100.5).buffer(5)  # inside one tile
+    cases = {
+        "holed": outline.difference(hole),
+        "multi": shapely.union_all([outline.difference(hole), aligned, tiny]),
+        "aligned": aligned,
+    }
+    for name, geom in cases.items():
+        fast = _label_fractions(boxes, geom, size * size)
+        ref = _label_fractions_direct(boxes, geom, size * size)
+        np.testing.assert_allclose(fast, ref, atol=1e-9, err_msg=name)
+        assert (fast == 1).sum() > 10, name  # the short-circuit was hit
+        if name != "aligned" or stride != size:  # a grid-aligned box crosses no tile
+            assert ((fast > 0) & (fast < 1)).sum() > 10, name  # boundary tiles were hit

@@ -363,3 +363,56 @@ def test_worker_errors_are_unwrapped():
     with pytest.raises(SlideError) as e, worker_errors_unwrapped():
         raise wrapped
     assert str(e.value) == "slide gone; fix it"
+
+
+def _crash_then_count(tiles, ckpt, changed):
+    """Crash an embed run part-way, apply ``changed`` to a copy of the table, rerun: the
+    number of model calls of the rerun and its result."""
+    t = tiles.copy()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        mm.tl.embed(
+            t, ToyEncoder(fail_after=3), batch_size=4, chunk_size=8, num_workers=0, checkpoint=ckpt
+        )
+    assert len(list(ckpt.glob("*.npz"))) >= 1
+    t2 = tiles.copy()
+    changed(t2)
+    enc = ToyEncoder()
+    mm.tl.embed(t2, enc, batch_size=4, chunk_size=8, num_workers=0, checkpoint=ckpt)
+    return enc.calls, t2
+
+
+@pytest.mark.parametrize("what", ["xy", "tile_size", "level", "slide_file"])
+def test_stale_checkpoint_is_discarded_when_the_pixels_change(
+    synth_tiles, synthetic_slide_path, tmp_path, caplog, what
+):
+    """Issue 10 item 3: same obs_names but other positions (or other tiling / slide file)
+    never resume from chunks of the old pixels."""
+    import os
+
+    def change(t):
+        if what == "xy":  # the exact scenario of the issue: same rows, other x/y
+            t.obs[K.X] = t.obs[K.X].to_numpy() + 32
+            t.obs[K.Y] = t.obs[K.Y].to_numpy() + 16
+        elif what == "slide_file":
+            st = os.stat(synthetic_slide_path)
+            os.utime(synthetic_slide_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        else:
+            spec = t.uns[K.UNS][K.UNS_SLIDES]["synth"][K.UNS_TILING]
+            spec["read_size" if what == "tile_size" else "level"] -= 1
+
+    n_batches = -(-synth_tiles.n_obs // 4)
+    with caplog.at_level("WARNING"):
+        calls, t2 = _crash_then_count(synth_tiles, tmp_path / "ckpt", change)
+    assert calls == n_batches  # nothing resumed
+    notes = [r.getMessage() for r in caplog.records if "discarding" in r.getMessage()]
+    assert len(notes) == 1 and "pixels" in notes[0] and "\n" not in notes[0]
+    if what == "xy":  # and the result is that of a fresh run on the new positions
+        ref = t2.copy()
+        del ref.obsm["X_toy"]
+        mm.tl.embed(ref, ToyEncoder(), batch_size=4, chunk_size=8, num_workers=0)
+        np.testing.assert_array_equal(t2.obsm["X_toy"], ref.obsm["X_toy"])
+
+
+def test_unchanged_table_still_resumes(synth_tiles, tmp_path):
+    calls, _ = _crash_then_count(synth_tiles, tmp_path / "ckpt", lambda t: None)
+    assert calls < -(-synth_tiles.n_obs // 4)

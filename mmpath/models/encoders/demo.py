@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpath.models.base import DataConfig, Encoder, EncoderInfo
-from mmpath.models.registry import families, register_encoder
+from mmpath.models.registry import register_encoder
 from mmpath.models.weights import WeightsSpec, resolve_weights
 
 __all__ = [
@@ -84,14 +84,14 @@ def _spec(name: str) -> WeightsSpec:
 
 def _build(name: str) -> Encoder:
     """The architecture (random weights) from the packaged folder's config.yaml."""
-    from mmpath.models.local_dir import _resolve_paths, read_config
+    from mmpath.models.local_dir import _resolve_paths, create_from_config, read_config
 
     folder = resolve_weights(name, _spec(name))
     if not folder.is_dir():
         folder = folder.parent
     config = read_config(folder)
     kwargs: dict[str, Any] = _resolve_paths(config.get("kwargs") or {}, folder)
-    enc = families.create(config["family"], **kwargs)
+    enc = create_from_config(config["family"], kwargs, folder)
     enc.info = replace(enc.info, data=DEMO_DATA)  # the tiles it was trained on
     return enc
 

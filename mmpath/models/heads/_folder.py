@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from mmpath.errors import ModelError, WeightsError
-from mmpath.io._atomic import atomic_path, check_replaceable
+from mmpath.io._atomic import atomic_path, check_replaceable, interrupted_hint, recover
 
 __all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE", "KINDS"]
 
@@ -145,8 +145,9 @@ def _plain(obj: Any) -> Any:
 
 
 def _find_folder(path: Path, kind: str) -> Path:
+    recover(path)  # a save killed between its two renames
     if not path.exists():
-        raise ModelError(f"model folder {str(path)!r} does not exist")
+        raise ModelError(f"model folder {str(path)!r} does not exist" + interrupted_hint(path))
     for cand in (path, path / "model"):
         if (cand / HEAD_FILE).is_file():
             return cand
@@ -191,14 +192,14 @@ def load_trained_head(
         )
     encoder = None
     if meta.get("encoder"):
-        from mmpath.models.registry import families
+        from mmpath.models.local_dir import create_from_config
 
         spec = meta["encoder"]
         kwargs = {
             k: (str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v)
             for k, v in spec["kwargs"].items()
         }
-        encoder = families.create(spec["family"], **kwargs)
+        encoder = create_from_config(spec["family"], kwargs, folder / HEAD_FILE)
     cfg = meta.get("config") or {}
     if meta.get("head") == "unet":
         if "indices" in cfg and isinstance(cfg["indices"], list):

@@ -27,7 +27,7 @@ import numpy as np
 
 from mmpath._version import __version__
 from mmpath.errors import ConfigError, DataError
-from mmpath.io._atomic import atomic_path, check_replaceable
+from mmpath.io._atomic import atomic_path, check_replaceable, recover
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +412,7 @@ class ExpressionModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
+        recover(path)  # a save killed between its two renames
         files = MODEL_FILES
         if not (path / CONFIG_FILE).exists() and all((path / "model" / f).is_file() for f in files):
             path = path / "model"  # a `mmpath train expr` run folder: its model/ sub-folder
