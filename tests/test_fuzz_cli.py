@@ -177,10 +177,25 @@ SSL = ["train", "ssl", "--config", "ssl.yaml"]
 CASES = [
     *[(f"where-{n}", [*Q, "--where", _where(n)], None, "filter") for n in range(9)],
     ("tile-out-file", ["tile", "s.png", "-o", "afile", "--slide-mpp", "0.5"], None, "is a file"),
-    ("tile-size-neg", ["tile", "s.png", "-o", "tt", "--size", "-64"], "tt", "size"),
+    (
+        "tile-size-neg",
+        ["tile", "s.png", "-o", "tt", "--size", "-64", "--slide-mpp", "0.5"],
+        "tt",
+        "size",
+    ),
     ("tile-mpp-nan", ["tile", "s.png", "-o", "tt", "--mpp", "nan"], "tt", "mpp"),
-    ("tile-min-tissue", ["tile", "s.png", "-o", "tt", "--min-tissue", "2"], "tt", "min_tissue"),
-    ("tile-overlap", ["tile", "s.png", "-o", "tt", "--overlap", "999"], "tt", "overlap"),
+    (
+        "tile-min-tissue",
+        ["tile", "s.png", "-o", "tt", "--min-tissue", "2", "--slide-mpp", "0.5"],
+        "tt",
+        "min_tissue",
+    ),
+    (
+        "tile-overlap",
+        ["tile", "s.png", "-o", "tt", "--overlap", "999", "--slide-mpp", "0.5"],
+        "tt",
+        "overlap",
+    ),
     ("tile-zero-svs", ["tile", "zero.svs", "-o", "tt"], "tt", "zero.svs"),
     ("info-dir", ["info", "run_trunc"], None, "run_trunc"),
     (
