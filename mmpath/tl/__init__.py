@@ -18,6 +18,7 @@ from mmpath.tl.expression import (
     predict_expression,
     summarize_expression,
 )
+from mmpath.tl.patchcore import anomaly_patchcore
 from mmpath.tl.probe import linear_probe
 from mmpath.tl.seg_baselines import baseline_segment
 from mmpath.tl.seg_metrics import anomaly_metrics, dice_jaccard
@@ -55,5 +56,6 @@ __all__ = [
     "baseline_segment",
     "anomaly",
     "anomaly_knn",
+    "anomaly_patchcore",
     "anomaly_metrics",
 ]

@@ -236,14 +236,20 @@ def test_complexity_calibration_equals_scipy_and_round_trips():
     c = rng.normal(16, 0.5, 200)
     e = np.exp(-9.5 + 0.25 * c + rng.normal(0, 0.05, 200))
     cal = ComplexityCalibration.fit(e, c)
-    assert cal.slope == pytest.approx(0.25, abs=0.03)
-    f = np.c_[np.log(e), c]
-    vi = np.linalg.inv(np.cov(f.T) + 1e-6 * np.eye(2))
-    ref = [mahalanobis(row, f.mean(0), vi) for row in f[:5]]
-    np.testing.assert_allclose(cal.typicality(e[:5], c[:5]), ref, rtol=1e-4)
+    assert cal.slope == pytest.approx(np.polyfit(c, np.log(e), 1)[0], rel=1e-6)
+    resid = cal.corrected(e, c)
     np.testing.assert_allclose(
-        cal.corrected(e, c), np.log(e) - (cal.intercept + cal.slope * c), rtol=1e-5, atol=1e-6
+        resid, np.log(e) - np.polyval(np.polyfit(c, np.log(e), 1), c), atol=1e-5
     )
+    # where the residual is positive the default score IS the Mahalanobis distance of
+    # (log error, complexity); where negative only the complexity term remains
+    f = np.c_[np.log(e), c]
+    vi = np.linalg.inv(np.cov(f.T))
+    ref = np.array([mahalanobis(row, f.mean(0), vi) for row in f])
+    t = cal.typicality(e, c)
+    pos = resid > 0
+    np.testing.assert_allclose(t[pos], ref[pos], rtol=1e-3)
+    np.testing.assert_allclose(t[~pos], np.abs(c[~pos] - c.mean()) / c.std(ddof=1), rtol=1e-3)
     assert ComplexityCalibration.from_dict(cal.to_dict()) == cal
     with pytest.raises(ValueError, match="at least 3"):
         ComplexityCalibration.fit(e[:2], c[:2])
