@@ -35,6 +35,8 @@ def register(sub) -> None:
         help="query-time default: nprobe=32, efSearch=128, k_factor=8 (repeatable)",
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    b.add_argument("--center", action="store_true", help="centre vectors on their build-time mean")
+    b.add_argument("--whiten", action="store_true", help="centre and whiten (implies --center)")
     b.set_defaults(func=cmd_build)
 
     a = isub.add_parser("add", help="add tile tables to an index")
@@ -144,7 +146,12 @@ def cmd_build(args) -> int:
         raise IndexError_(f"{str(out)!r} exists; pass --overwrite to replace it")
     tables = _read_tables(args.tables, args)
     idx = index.build(
-        tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None
+        tables,
+        use_rep=args.use_rep,
+        factory=args.factory,
+        params=parse_params(args.param) or None,
+        center=args.center or args.whiten,
+        whiten=args.whiten,
     )
     idx.save(out)
     summary(
