@@ -260,7 +260,7 @@ class SegTask(TrainingTask):
         cw = cfg.loss.class_weights
         if cw == "auto":
             cw = class_weights_from_masks(tm, len(names), ignore_index=cfg.data.ignore_index)
-            log.info("CE class weights from the training masks: %s", np.round(cw, 3).tolist())
+            log.debug("CE class weights from the training masks: %s", np.round(cw, 3).tolist())
         elif cw == "none":
             cw = None
         elif len(cw) != len(names):

@@ -105,7 +105,7 @@ def test_seg_run_exports_the_best_epoch(tmp_path, caplog):
         CONFIGS / "seg-tiny.yaml",
         [f"out={tmp_path / 'run'}", "train.epochs=4", "train.quiet=true", "data.synthetic_n=48"],
     )
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         result = fit(spec.build, cfg)
     dice = [v["val"]["dice"] for v in result.val]
     best_epoch = int(np.argmax(dice))
