@@ -78,6 +78,7 @@ SEG = "seg"  # default key_added of tl.segment: obs["seg_<class>_frac"]
 UNS_SEGMENT = "segment"  # uns["mmpath"]["segment"][key]: model, classes, per-slide areas
 ANOMALY = "anomaly"  # default key_added of tl.anomaly: obs["anomaly_score"], ...
 ANOMALY_KNN = "anomaly_knn"  # default key_added of tl.anomaly_knn: obs["anomaly_knn_score"]
+ANOMALY_PATCHCORE = "anomaly_patchcore"  # default key_added of tl.anomaly_patchcore
 UNS_ANOMALY = "anomaly"  # uns["mmpath"]["anomaly"][key]: model / bank provenance
 
 # slide-level learning (MIL heads, tl.predict_slides, mm.metrics)

@@ -50,7 +50,12 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", help="model folder from `mmpath train anomaly`")
     g.add_argument("--use-rep", help="kNN baseline on this embedding (e.g. X_uni) instead")
-    p.add_argument("--normal", default=None, help="kNN: obs column marking normal tiles")
+    g.add_argument(
+        "--patchcore",
+        metavar="ENCODER",
+        help="PatchCore on this encoder's patch features (e.g. mmpath-demo-vit) instead",
+    )
+    p.add_argument("--normal", default=None, help="kNN/PatchCore: obs column marking normal tiles")
     p.add_argument("--label", default=None, help="obs column of known anomalies: evaluate")
     p.add_argument(
         "-o", "--out", default=None, help="output directory (default: update tables in place)"
@@ -154,6 +159,8 @@ def cmd_anomaly(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     remap = parse_remap(args.remap)
     key = "anomaly" if head is not None else "anomaly_knn"
+    if args.patchcore:
+        key = "anomaly_patchcore"
     results = {}
     for path in progress(args.tables, args, desc="anomaly", unit="table"):
         p = Path(path)
@@ -173,6 +180,10 @@ def cmd_anomaly(args) -> int:
                 device=args.device,
                 error_maps=folder / f"{p.stem}.error_maps.npz",
                 remap=remap,
+            )
+        elif args.patchcore:
+            tl.anomaly_patchcore(
+                table, args.patchcore, normal=args.normal, device=args.device, remap=remap
             )
         else:
             tl.anomaly_knn(table, use_rep=args.use_rep, normal=args.normal)

@@ -44,6 +44,8 @@ def register(sub) -> None:
         help="query-time default: nprobe=32, efSearch=128, k_factor=8 (repeatable)",
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    b.add_argument("--center", action="store_true", help="centre vectors on their build-time mean")
+    b.add_argument("--whiten", action="store_true", help="centre and whiten (implies --center)")
     b.set_defaults(func=cmd_build)
 
     a = isub.add_parser("add", help="add tile tables to an index")
@@ -172,7 +174,12 @@ def cmd_build(args) -> int:
     recover(out)  # leftovers of a crashed earlier build (index folders can be large)
     tables = _read_tables(args.tables, args)
     idx = index.build(
-        tables, use_rep=args.use_rep, factory=args.factory, params=parse_params(args.param) or None
+        tables,
+        use_rep=args.use_rep,
+        factory=args.factory,
+        params=parse_params(args.param) or None,
+        center=args.center or args.whiten,
+        whiten=args.whiten,
     )
     idx.save(out)
     caveat((idx.manifest.get("embedding") or {}).get("caveat"))

@@ -78,6 +78,35 @@ class StromalNuclei:
             out.append(CropSet(np.stack(ims), np.stack(ms)))
         return out[0], out[1]
 
+    def train_val_crops(
+        self, *, size: int = 128, stride: int | None = None, val_fraction: float = 0.2
+    ) -> tuple[CropSet, CropSet]:
+        """Training crops of the left half only, its bottom ``val_fraction`` rows for validation.
+
+        The right half (the test side of :meth:`split_crops`) is never touched, so a model
+        selected on this validation set is still scored on unseen tissue. Crops overlap by
+        half (``stride = size // 2``) within each part; no crop straddles the two parts.
+
+        Example
+        -------
+        >>> train, val = data.train_val_crops(size=64)
+        """
+        if not 0 < val_fraction < 1:
+            raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        stride = stride or max(1, size // 2)
+        h, w = self.mask.shape
+        half, cut = w // 2, int(round(h * (1 - val_fraction)))
+        out = []
+        for y0, y1 in ((0, cut), (cut, h)):
+            ys = range(y0, y1 - size + 1, stride)
+            xs = range(0, half - size + 1, stride)
+            if not len(ys) or not len(xs):
+                raise DataError(f"crop size {size} does not fit a part of {y1 - y0}x{half} px")
+            ims = [self.image[y : y + size, x : x + size] for y in ys for x in xs]
+            ms = [self.mask[y : y + size, x : x + size] for y in ys for x in xs]
+            out.append(CropSet(np.stack(ims), np.stack(ms)))
+        return out[0], out[1]
+
     def nucleus_crops(self, *, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """One ``size``-px crop centred on each nucleus (edge-padded): ``(n, s, s, 3)``, classes."""
         r = size // 2

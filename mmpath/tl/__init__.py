@@ -19,6 +19,7 @@ from mmpath.tl.expression import (
     summarize_expression,
 )
 from mmpath.tl.mil import embed_slides, predict_slides
+from mmpath.tl.patchcore import anomaly_patchcore
 from mmpath.tl.probe import linear_probe
 from mmpath.tl.seg_baselines import baseline_segment
 from mmpath.tl.seg_metrics import anomaly_metrics, dice_jaccard
@@ -56,6 +57,7 @@ __all__ = [
     "baseline_segment",
     "anomaly",
     "anomaly_knn",
+    "anomaly_patchcore",
     "anomaly_metrics",
     # slide-level learning
     "predict_slides",

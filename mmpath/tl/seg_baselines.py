@@ -10,8 +10,9 @@ They are what came before deep learning, kept so users can see what learning add
   deconvolution (Ruifrok & Johnston 2001, scikit-image ``rgb2hed``), smoothed and cleaned;
   this is the baseline a U-Net must beat on nuclei (grey-level Otsu is a straw man on H&E:
   on the real histolytics stroma it scores Dice 0.19 vs 0.53 for this one);
-* :func:`hematoxylin_watershed`: the same mask split into nucleus instances by a watershed
-  on the distance transform (labels ``(H, W)`` int32, 0 = background).
+* :func:`hematoxylin_watershed`: the same mask, debris removed, split into nucleus instances
+  by a watershed seeded at h-maxima of the distance transform scaled by the nucleus size
+  (labels ``(H, W)`` int32, 0 = background).
 
 Each takes one RGB ``uint8`` image ``(H, W, 3)`` and returns a binary ``uint8`` mask with
 1 = foreground (stained, darker tissue); :func:`baseline_segment` runs one over a stack.
@@ -27,6 +28,7 @@ __all__ = [
     "region_growing_mask",
     "hematoxylin_otsu_mask",
     "hematoxylin_watershed",
+    "instance_min_size",
     "baseline_segment",
     "BASELINES",
 ]
@@ -161,28 +163,63 @@ def hematoxylin_otsu_mask(
     return m.astype(np.uint8)
 
 
-def hematoxylin_watershed(image: np.ndarray, *, min_distance: int = 7, **kwargs) -> np.ndarray:
-    """Nucleus instances: :func:`hematoxylin_otsu_mask` split by a distance-transform watershed.
+def hematoxylin_watershed(
+    image: np.ndarray, *, nucleus_diameter: float = 16.0, min_fraction: float = 0.5, **kwargs
+) -> np.ndarray:
+    """Nucleus instances: the haematoxylin mask split by a distance-transform watershed.
 
-    Returns an ``(H, W)`` int32 label image (0 = background); ``kwargs`` go to the mask.
+    Seeds are the h-maxima of the smoothed distance transform with ``h = diameter / 8`` (a
+    quarter of the nucleus radius): a neck between two touching nuclei splits them, the
+    ripples of one irregular nucleus do not. Plain local maxima at a fixed ``min_distance``
+    over-split (694 instances for 232 nuclei on the held-out half of the real stroma; this
+    gives 255). Stained specks smaller than ``min_fraction`` of a nucleus disc are dropped
+    from the mask first; every remaining component gets at least one seed, so the instances
+    cover exactly ``hematoxylin_otsu_mask(image, min_size=instance_min_size(...))``.
+
+    Parameters
+    ----------
+    image
+        RGB uint8 H&E image.
+    nucleus_diameter
+        Typical nucleus diameter in pixels (16 px = 8 µm at 0.5 µm/px).
+    min_fraction
+        Components smaller than this fraction of a nucleus disc's area are removed.
+    kwargs
+        Go to :func:`hematoxylin_otsu_mask` (``sigma``, ``threshold``).
+
+    Returns
+    -------
+    An ``(H, W)`` int32 label image (0 = background).
 
     Example
     -------
-    >>> labels = hematoxylin_watershed(tile)
+    >>> labels = hematoxylin_watershed(tile, nucleus_diameter=16)
     """
     from scipy import ndimage
-    from skimage.feature import peak_local_max
+    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
+    if nucleus_diameter <= 0:
+        raise ValueError(f"nucleus_diameter must be > 0 px, got {nucleus_diameter}")
+    kwargs.setdefault("min_size", instance_min_size(nucleus_diameter, min_fraction))
     m = hematoxylin_otsu_mask(image, **kwargs).astype(bool)
     if not m.any():
         return np.zeros(m.shape, np.int32)
-    dist = ndimage.distance_transform_edt(m)
-    comp, _ = ndimage.label(m)
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=comp, exclude_border=False)
-    markers = np.zeros(m.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(m), 1.0)
+    markers, n = ndimage.label(h_maxima(dist, max(0.5, nucleus_diameter / 8)) & m)
+    comp, n_comp = ndimage.label(m)
+    seeded = np.zeros(n_comp + 1, bool)
+    seeded[np.unique(comp[markers > 0])] = True
+    missing = np.flatnonzero(~seeded[1:]) + 1  # components without an h-maximum: one seed
+    if len(missing):
+        peaks = np.asarray(ndimage.maximum_position(dist, comp, missing)).reshape(-1, 2)
+        markers[tuple(peaks.T)] = n + 1 + np.arange(len(missing))
     return watershed(-dist, markers, mask=m).astype(np.int32)
+
+
+def instance_min_size(nucleus_diameter: float, min_fraction: float = 0.5) -> int:
+    """Pixels below which :func:`hematoxylin_watershed` drops a component (debris)."""
+    return int(min_fraction * np.pi * (nucleus_diameter / 2) ** 2)
 
 
 BASELINES = {

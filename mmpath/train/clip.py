@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from mmpath.errors import ConfigError
+from mmpath.models.encoders._common import l2n
 from mmpath.train.config import TrainConfig
 from mmpath.train.core import LossOutput, TrainingTask
 from mmpath.train.data import ImageDataset, TableConfig, load_table, split_rows
@@ -70,6 +71,9 @@ class ClipModelConfig:
     image_kwargs: dict[str, Any] = field(default_factory=dict)
     text_kwargs: dict[str, Any] = field(default_factory=dict)
     save_name: str | None = None  # name stored in the model folder (its X_<slug> key)
+    # lit/heads with two towers: run the locked text tower once per distinct caption and reuse
+    # its features (the trainable projection still runs every step); same losses, faster
+    cache_text: bool = True
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.image is None or self.text is None):
@@ -176,10 +180,24 @@ def tower_groups(encoder: nn.Module) -> dict[str, str]:
 class _ClipModule(nn.Module):
     """The encoder plus training-only parameters; frozen submodules stay in eval mode."""
 
-    def __init__(self, encoder: nn.Module, siglip: bool) -> None:
+    def __init__(self, encoder: nn.Module, siglip: bool, *, cache_text: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if siglip else None
+        self.cache_text = cache_text
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    def locked_text_features(self, captions: list[str]) -> torch.Tensor:
+        """The locked text tower's features per caption, each distinct caption computed once."""
+        cache = self._text_cache
+        missing = list(dict.fromkeys(c for c in captions if c not in cache))
+        if missing:
+            tower = self.encoder.text
+            device = next(tower.parameters()).device
+            with torch.no_grad():
+                feats = tower.text_features(self.encoder.tokenize(missing).to(device))
+            cache.update(zip(missing, feats, strict=True))
+        return torch.stack([cache[c] for c in captions])
 
     def train(self, mode: bool = True) -> _ClipModule:
         super().train(mode)
@@ -193,7 +211,10 @@ class _ClipModule(nn.Module):
     def forward(self, batch: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, ...]:
         images, tokens = batch
         image = self.encoder.encode_image(images).proj
-        text = self.encoder.encode_text(tokens)
+        if isinstance(tokens, list):  # captions: the locked tower's features come cached
+            text = l2n(self.encoder.text_proj(self.locked_text_features(tokens)))
+        else:
+            text = self.encoder.encode_text(tokens)
         return image, text, self.encoder.logit_scale.exp()
 
 
@@ -221,7 +242,15 @@ class ClipTask(TrainingTask):
             with torch.no_grad():
                 encoder.logit_scale.fill_(math.log(10.0))
         self.encoder = encoder
-        self.module = _ClipModule(encoder, siglip)
+        text_tower = getattr(encoder, "text", None)
+        self.cache_text = (
+            cfg.model.cache_text
+            and cfg.model.mode in ("lit", "heads")
+            and isinstance(text_tower, nn.Module)
+            and isinstance(getattr(encoder, "text_proj", None), nn.Module)
+            and not any(p.requires_grad for p in text_tower.parameters())
+        )
+        self.module = _ClipModule(encoder, siglip, cache_text=self.cache_text)
         if siglip:
             self.criterion = SigLipLoss(rank=env.rank, world_size=env.world_size)
         else:
@@ -262,6 +291,8 @@ class ClipTask(TrainingTask):
 
     def collate(self, items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, Any]:
         images = torch.stack([im for im, _ in items])
+        if self.cache_text:
+            return images, [str(c) for _, c in items]
         return images, self.encoder.tokenize([c for _, c in items])
 
     def loss(self, output: tuple[torch.Tensor, ...], batch: Any) -> LossOutput:

@@ -26,7 +26,7 @@ TASK_MODULES: dict[str, str] = {
     "clip": "mmpath.train.clip",
     "ssl": "mmpath.train.ssl",
     "seg": "mmpath.train.tasks_seg",
-    "anomaly": "mmpath.train.tasks_seg",
+    "anomaly": "mmpath.train.tasks_anomaly",
     "expr": "mmpath.tl.expression._task",
     "mil": "mmpath.train.tasks.mil",
 }

@@ -1,20 +1,21 @@
-"""Segmentation and anomaly heads as training tasks: ``mmpath train seg`` / ``train anomaly``.
+"""The segmentation head as a training task: ``mmpath train seg``.
 
 Both plug into the one loop (:func:`mmpath.train.fit`): checkpoints, resume, DDP and the
 cosine schedule come from there; this module only says what the data, module, loss and model
 folder are.
 
 * ``seg``: a U-Net head (:class:`~mmpath.models.heads.UNetHead`) on a registry encoder, loss
-  Dice + CE, validation Dice/Jaccard per class. Data: synthetic images with known masks
-  (``data.source: synthetic``) or image + mask pairs (``data.source: pairs``, an ``.npz`` or
-  an ``images/`` + ``masks/`` folder; see :mod:`mmpath.datasets.seg_pairs`). Images larger
+  Dice + class-weighted CE (``loss.class_weights: auto`` = ``1/sqrt(pixel frequency)`` from
+  the training masks, so rare nuclei keep their gradient), validation Dice/Jaccard per class.
+  The exported model is the epoch with the best validation Dice, not the last one, and a
+  validation whose predictions are constant logs a collapse warning (:mod:`._selection`).
+  Data: synthetic images with known masks (``data.source: synthetic``), image + mask pairs
+  (``data.source: pairs``, an ``.npz`` or an ``images/`` + ``masks/`` folder; see
+  :mod:`mmpath.datasets.seg_pairs`), or the real histolytics stroma (``data.source: stromal``,
+  left half only, its bottom rows held out for validation; the right half stays unseen for
+  testing, ``configs/seg-stroma.yaml``). Images larger
   than ``data.tile_size`` are randomly cropped (seeded per sample); flips and 90° rotations
   apply to image and mask together.
-* ``anomaly``: a VAE head (:class:`~mmpath.models.heads.VAEHead`) trained on normal tiles
-  only, loss recon + beta * KL. Data: synthetic normal tiles, or tile tables / image folders
-  of normal tissue (read by :func:`mmpath.train.data.load_table`). Validation reports the
-  reconstruction error, and AUROC when the synthetic source adds anomalous held-out tiles.
-
 The model folder (``<out>/model``) is what :func:`mmpath.models.heads.load_trained_head`
 reads: ``head.yaml`` + ``model.safetensors``.
 """
@@ -22,7 +23,7 @@ reads: ``head.yaml`` + ``model.safetensors``.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -43,10 +44,6 @@ __all__ = [
     "SegLossConfig",
     "SegRunConfig",
     "SegTask",
-    "AnomalyDataConfig",
-    "AnomalyModelConfig",
-    "AnomalyRunConfig",
-    "AnomalyTask",
 ]
 
 
@@ -55,8 +52,8 @@ __all__ = [
 class SegDataConfig:
     """Where image + mask pairs come from."""
 
-    source: Literal["synthetic", "pairs", "annotations"] = "synthetic"
-    train: str = ""  # pairs: an .npz or a folder with images/ and masks/
+    source: Literal["synthetic", "pairs", "annotations", "stromal"] = "synthetic"
+    train: str = ""  # pairs: an .npz or a folder with images/ and masks/; stromal: its folder
     slides: tuple[str, ...] = ()  # annotations: slide files ...
     annotations: tuple[str, ...] = ()  # ... and their QuPath GeoJSON / ASAP XML, in order
     mpp: float | None = None  # annotations: µm/px to cut tiles at (None: level 0)
@@ -91,6 +88,9 @@ class SegModelConfig:
 class SegLossConfig:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
+    # CE class weights: auto = 1/sqrt(pixel frequency) of the training masks, none = all 1,
+    # or one number per class
+    class_weights: Literal["auto", "none"] | tuple[float, ...] = "auto"
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,16 @@ def _seg_data(cfg: SegDataConfig, seed: int):
         return list(tr.images), list(tr.masks), list(va.images), list(va.masks), tuple(names)
     if cfg.source == "annotations":
         return _annotation_data(cfg, seed)
+    if cfg.source == "stromal":
+        from mmpath.datasets.stromal import stromal_nuclei
+
+        tr, va = stromal_nuclei(cfg.train or None).train_val_crops(
+            size=2 * cfg.tile_size, val_fraction=cfg.val_fraction
+        )
+        names = tuple(cfg.class_names) or ("background", "nucleus")
+        if len(names) != 2:
+            raise ConfigError(f"data.class_names: the stroma has 2 classes, got {names}")
+        return list(tr.images), list(tr.masks), list(va.images), list(va.masks), names
     if not cfg.train:
         raise ConfigError("data.train: give an .npz or a folder with images/ and masks/")
     names = tuple(cfg.class_names) or tuple(str(c) for c in range(cfg.num_classes))
@@ -223,8 +233,9 @@ class SegTask(TrainingTask):
     """U-Net on a shared encoder, Dice + CE."""
 
     def __init__(self, cfg: SegRunConfig, env: DistEnv) -> None:
-        from mmpath.models.heads import DiceCELoss, UNetHead
+        from mmpath.models.heads import DiceCELoss, UNetHead, class_weights_from_masks
         from mmpath.models.registry import create_encoder
+        from mmpath.train._selection import BestCheckpoint
 
         self.cfg = cfg
         ti, tm, vi, vm, names = _seg_data(cfg.data, cfg.train.seed)
@@ -246,11 +257,21 @@ class SegTask(TrainingTask):
             input_size=cfg.data.tile_size,
         )
         self.find_unused_parameters = cfg.model.finetune != "full"
+        cw = cfg.loss.class_weights
+        if cw == "auto":
+            cw = class_weights_from_masks(tm, len(names), ignore_index=cfg.data.ignore_index)
+            log.debug("CE class weights from the training masks: %s", np.round(cw, 3).tolist())
+        elif cw == "none":
+            cw = None
+        elif len(cw) != len(names):
+            raise ConfigError(f"loss.class_weights: {len(names)} classes, got {list(cw)}")
         self.loss_fn = DiceCELoss(
             dice_weight=cfg.loss.dice_weight,
             ce_weight=cfg.loss.ce_weight,
             ignore_index=cfg.data.ignore_index,
+            class_weight=cw,
         )
+        self.best = BestCheckpoint(cfg.out, "dice")
         S, seed = cfg.data.tile_size, cfg.train.seed
         self.train_set = _PairDataset(
             ti, tm, S, self.mean, self.std, seed=seed, flips=cfg.data.flips
@@ -277,13 +298,21 @@ class SegTask(TrainingTask):
 
         if not len(self.val_set):
             return {}
+        from mmpath.train._selection import collapse_warning
+
         device = next(self.module.parameters()).device
-        preds, targets = [], []
+        probs, targets = [], []
         for i in range(0, len(self.val_set), 16):
             items = [self.val_set.item(j, None) for j in range(i, min(i + 16, len(self.val_set)))]
             x = torch.stack([a for a, _ in items]).to(device)
-            preds += list(self.predict(x))
+            with torch.no_grad():
+                probs.append(self.module.predict_proba(x).cpu().numpy())
             targets += [b.numpy() for _, b in items]
+        prob = np.concatenate(probs)
+        preds = list(prob.argmax(1).astype(np.uint8))
+        warning = collapse_warning(prob, np.stack(targets))
+        if warning:
+            log.warning("epoch %d: %s", epoch, warning)
         table = dice_jaccard(
             preds,
             targets,
@@ -297,11 +326,15 @@ class SegTask(TrainingTask):
         }
         for name in self.class_names:
             out[f"dice_{name}"] = float(table.loc[name, "dice"])
+        out["collapsed"] = float(warning is not None)
+        self.best.update(self.module, out["dice"], epoch=epoch)
+        out["best_dice"] = self.best.value
         return out
 
     def export(self, folder: Path) -> None:
         from mmpath.models.heads import TrainedHead, save_trained_head
 
+        self.best.restore(self.module)
         save_trained_head(
             TrainedHead(
                 "seg",
@@ -320,131 +353,3 @@ class SegTask(TrainingTask):
 @register_task("seg", config=SegRunConfig, help="U-Net segmentation head on a shared encoder")
 def build_seg(cfg: SegRunConfig, env: DistEnv) -> SegTask:
     return SegTask(cfg, env)
-
-
-# -- anomaly (VAE) --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AnomalyDataConfig:
-    """Normal tiles to train on."""
-
-    source: Literal["synthetic", "tiles"] = "synthetic"
-    train: tuple[str, ...] = ()  # tiles: tile tables (.h5ad), image tables or image folders
-    synthetic_n: int = 128
-    val_n: int = 64  # synthetic held-out tiles, half of them anomalous (for val AUROC)
-    flips: bool = True
-
-
-@dataclass(frozen=True)
-class AnomalyModelConfig:
-    image_size: int = 32
-    latent_dim: int = 16
-    base_channels: int = 16
-    beta: float = 1.0
-    encoder: Literal["conv", "backbone"] = "conv"
-    backbone: str = "mmpath-demo-vit"  # the shared encoder when encoder == "backbone"
-
-
-@dataclass(frozen=True)
-class AnomalyRunConfig:
-    """``mmpath train anomaly`` run config (``configs/vae-tiny.yaml``)."""
-
-    out: str = "runs/vae1"
-    data: AnomalyDataConfig = field(default_factory=AnomalyDataConfig)
-    model: AnomalyModelConfig = field(default_factory=AnomalyModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-class _TileDataset:
-    """``[0, 1]`` image tensors of side S, with seeded dihedral flips."""
-
-    def __init__(self, read, n: int, size: int, *, seed: int, flips: bool) -> None:
-        self.read, self.n, self.size, self.seed, self.flips = read, n, size, seed, flips
-
-    def __len__(self) -> int:
-        return self.n
-
-    def image(self, i: int, rng: np.random.Generator | None) -> torch.Tensor:
-        from PIL import Image
-
-        img = np.asarray(self.read(i))
-        if img.shape[0] != self.size or img.shape[1] != self.size:
-            img = np.asarray(
-                Image.fromarray(img).resize((self.size, self.size), Image.Resampling.BILINEAR)
-            )
-        if rng is not None and self.flips:
-            img = np.rot90(img, int(rng.integers(4)))
-            if rng.random() < 0.5:
-                img = img[:, ::-1]
-        return torch.from_numpy(
-            np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) / 255
-        )
-
-    def __getitem__(self, key):
-        from mmpath.train.augment import sample_rng
-
-        return (self.image(int(key[0]), sample_rng(self.seed, int(key[1]), int(key[0]))),)
-
-
-class AnomalyTask(TrainingTask):
-    """VAE on normal tiles, recon + beta * KL."""
-
-    def __init__(self, cfg: AnomalyRunConfig, env: DistEnv) -> None:
-        from mmpath.datasets.synthetic_seg import make_anomaly_tiles
-        from mmpath.models.heads import VAEHead
-        from mmpath.models.registry import create_encoder
-
-        self.cfg = cfg
-        m, S, seed = cfg.model, cfg.model.image_size, cfg.train.seed
-        backbone = create_encoder(m.backbone) if m.encoder == "backbone" else None
-        kwargs = {k: v for k, v in asdict(m).items() if k != "backbone"}
-        self.module = VAEHead(backbone=backbone, **kwargs)
-        self.val_images = self.val_labels = None
-        if cfg.data.source == "synthetic":
-            imgs, _ = make_anomaly_tiles(cfg.data.synthetic_n, S, seed=seed)
-            self.val_images, self.val_labels = make_anomaly_tiles(
-                cfg.data.val_n, S, anomalous=0.5, seed=seed + 10_000
-            )
-            read, n = (lambda i: imgs[i]), len(imgs)
-        else:
-            from mmpath.train.data import TableConfig, load_table
-
-            table = load_table(cfg.data.train, TableConfig(tile_size=S), captions=False)
-            read, n = table.read, len(table)
-        self.train_set = _TileDataset(read, n, S, seed=seed, flips=cfg.data.flips)
-
-    def train_dataset(self):
-        return self.train_set
-
-    def forward(self, module, batch):
-        return module(batch[0])
-
-    def loss(self, output, batch) -> LossOutput:
-        out = self.module.loss(batch[0], output)
-        return LossOutput(out.total, {"recon": out.recon.detach(), "kl": out.kl.detach()})
-
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        if self.val_images is None:
-            return {}
-        from mmpath.tl.seg_metrics import anomaly_metrics
-
-        device = next(self.module.parameters()).device
-        x = torch.from_numpy(self.val_images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-        scores = self.module.anomaly(x.to(device)).recon_error.cpu().numpy()
-        res = anomaly_metrics(scores, self.val_labels)
-        return {
-            "auroc": res["auroc"],
-            "auprc": res["auprc"],
-            "recon_error_normal": float(scores[~self.val_labels].mean()),
-        }
-
-    def export(self, folder: Path) -> None:
-        from mmpath.models.heads import TrainedHead, save_trained_head
-
-        save_trained_head(
-            TrainedHead("anomaly", self.module, (), self.cfg.model.image_size), folder
-        )
-
-
-@register_task("anomaly", config=AnomalyRunConfig, help="VAE anomaly head on normal tiles")
-def build_anomaly(cfg: AnomalyRunConfig, env: DistEnv) -> AnomalyTask:
-    return AnomalyTask(cfg, env)

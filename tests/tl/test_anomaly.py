@@ -211,3 +211,89 @@ def test_cli_anomaly_remaps_moved_slides(tmp_path, trained_vae, capsys):
     scored = mm.io.read_h5ad(tmp_path / "b" / "t.h5ad")
     assert scored.obs["anomaly_score"].notna().all() and (scored.obs["anomaly_score"] > 0).all()
     assert (tmp_path / "b" / "m.anomaly.png").is_file()  # the heatmap found the slide too
+
+
+def test_png_complexity_orders_flat_smooth_and_noisy_tiles():
+    from mmpath.tl._complexity import png_bits_per_pixel
+
+    rng = np.random.default_rng(0)
+    flat = np.full((32, 32, 3), 200, np.uint8)
+    noisy = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    normal, _ = make_anomaly_tiles(4, 32, seed=0)
+    bpp = png_bits_per_pixel(np.stack([flat, normal[0], noisy]))
+    assert bpp[0] < 1 < bpp[1] < bpp[2] and bpp[2] > 20  # random bytes do not compress
+    assert png_bits_per_pixel(flat).shape == (1,)
+    with pytest.raises(ValueError, match="uint8"):
+        png_bits_per_pixel(flat.astype(np.float32))
+
+
+def test_complexity_calibration_equals_scipy_and_round_trips():
+    from scipy.spatial.distance import mahalanobis
+
+    from mmpath.tl._complexity import ComplexityCalibration
+
+    rng = np.random.default_rng(1)
+    c = rng.normal(16, 0.5, 200)
+    e = np.exp(-9.5 + 0.25 * c + rng.normal(0, 0.05, 200))
+    cal = ComplexityCalibration.fit(e, c)
+    assert cal.slope == pytest.approx(np.polyfit(c, np.log(e), 1)[0], rel=1e-6)
+    resid = cal.corrected(e, c)
+    np.testing.assert_allclose(
+        resid, np.log(e) - np.polyval(np.polyfit(c, np.log(e), 1), c), atol=1e-5
+    )
+    # where the residual is positive the default score IS the Mahalanobis distance of
+    # (log error, complexity); where negative only the complexity term remains
+    f = np.c_[np.log(e), c]
+    vi = np.linalg.inv(np.cov(f.T))
+    ref = np.array([mahalanobis(row, f.mean(0), vi) for row in f])
+    t = cal.typicality(e, c)
+    pos = resid > 0
+    np.testing.assert_allclose(t[pos], ref[pos], rtol=1e-3)
+    np.testing.assert_allclose(t[~pos], np.abs(c[~pos] - c.mean()) / c.std(ddof=1), rtol=1e-3)
+    assert ComplexityCalibration.from_dict(cal.to_dict()) == cal
+    with pytest.raises(ValueError, match="at least 3"):
+        ComplexityCalibration.fit(e[:2], c[:2])
+
+
+@pytest.mark.parametrize("kind", ["simple", "busy", "ink"])
+def test_default_score_works_when_anomalies_are_simpler_or_busier(trained_vae, kind):
+    """Raw reconstruction error is inverted on simpler anomalies; the default score is not."""
+    from mmpath.tl._complexity import ComplexityCalibration, vae_scores
+
+    head = load_trained_head(trained_vae.run_dir, kind="anomaly")
+    cal = ComplexityCalibration.from_dict(head.extra["complexity"])
+    assert cal.n == 128  # fitted on the normal training tiles at export
+    images, labels = make_anomaly_tiles(60, 32, anomalous=0.5, seed=77, kind=kind)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    s = vae_scores(head.model.eval(), x, cal)
+    auroc = {k: mm.tl.anomaly_metrics(s[k], labels)["auroc"] for k in ("recon_error", "typicality")}
+    assert auroc["typicality"] > 0.95, auroc  # measured 1.00 for all three kinds
+    if kind == "simple":  # the input-complexity failure this score corrects
+        assert auroc["recon_error"] < 0.2, auroc  # measured 0.00
+        assert (s["complexity"][labels].mean() + 3) < s["complexity"][~labels].mean()
+    if kind == "busy":
+        assert s["complexity"][labels].mean() > s["complexity"][~labels].mean() + 3
+
+
+def test_anomaly_table_columns_and_uncalibrated_model_warns(tmp_path, trained_vae, caplog):
+    from mmpath.tl._complexity import ComplexityCalibration
+
+    images, _ = make_anomaly_tiles(4, 32, anomalous=0.5, seed=5, kind="simple")
+    slide = mm.io.ArraySlide(np.concatenate(list(images), 1), mpp=0.5)
+    tiles = mm.pp.tile(slide, 32, min_tissue=0)
+    mm.tl.anomaly(tiles, trained_vae.run_dir, slide=slide)
+    obs = tiles.obs
+    for col in ("score", "recon_error", "latent_nll", "complexity", "corrected"):
+        assert np.isfinite(obs[f"anomaly_{col}"]).all(), col
+    head = load_trained_head(trained_vae.run_dir, kind="anomaly")
+    cal = ComplexityCalibration.from_dict(head.extra["complexity"])
+    np.testing.assert_allclose(
+        obs["anomaly_score"], cal.typicality(obs["anomaly_recon_error"], obs["anomaly_complexity"])
+    )
+    assert tiles.uns["mmpath"]["anomaly"]["anomaly"]["score"] == "typicality"
+    head.extra = {}  # a model folder from before the calibration existed
+    with caplog.at_level("WARNING"):
+        mm.tl.anomaly(tiles, head, slide=slide, key_added="old")
+    assert "no complexity calibration" in caplog.text
+    np.testing.assert_array_equal(tiles.obs["old_score"], tiles.obs["old_recon_error"])
+    assert "old_corrected" not in tiles.obs

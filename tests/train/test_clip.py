@@ -258,3 +258,38 @@ def test_retrieval_recall_counts_distinct_captions():
     # unique captions: the usual paired recall
     u = retrieval_recall(torch.eye(4), torch.eye(4), list("wxyz"), ks=(1,))
     assert u["i2t_r@1"] == 1.0 and u["t2i_r@1"] == 1.0 and u["n_captions"] == 4
+def test_lit_text_cache_gives_bit_identical_losses(caption_sets, tmp_path, testdata):
+    """The locked MiniLM runs once per distinct caption; the losses do not change a bit."""
+    train, val = caption_sets
+    runs = {}
+    for cache in (False, True):
+        cfg = make_config(
+            "clip",
+            clip_overrides(
+                train,
+                val,
+                tmp_path / f"run{cache}",
+                **{
+                    "model.name": "null",
+                    "model.mode": "lit",
+                    "model.image": "tiny_vit",
+                    "model.text": "minilm",
+                    "model.proj_dim": 32,
+                    "model.cache_text": str(cache).lower(),
+                    "model.text_kwargs": "{weights: " + str(testdata / "minilm") + "}",
+                    "train.max_steps": 4,
+                    "train.batch_size": 10,
+                    "train.log_every_steps": 1,
+                    "train.val_every_epochs": 0,
+                },
+            ),
+        )
+        torch.manual_seed(0)  # the same random image tower and projections in both runs
+        task = get_task("clip").build(cfg, DistEnv())
+        assert task.cache_text is cache
+        runs[cache] = (fit(task, cfg), task)
+    assert runs[True][0].losses == runs[False][0].losses  # exact, not approximate
+    cached = runs[True][1].module._text_cache
+    captions = set(map(str, runs[True][1].train_set.table.captions))
+    assert 0 < len(cached) <= len(captions)  # one entry per distinct caption seen
+    assert not runs[False][1].module._text_cache

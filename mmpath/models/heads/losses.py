@@ -1,7 +1,11 @@
 """Segmentation loss: soft Dice + cross-entropy.
 
 ``DiceCELoss`` is ``ce_weight * CE + dice_weight * (1 - mean soft Dice)``, the loss nnU-Net and
-MONAI's ``DiceCELoss`` use. Soft Dice per class ``c`` over the whole batch is
+MONAI's ``DiceCELoss`` use. ``class_weight`` weights the cross-entropy per class (torch's
+``weight=``; for one binary logit, the weight of class 1 relative to class 0), which is how a
+rare foreground class such as nuclei (~6% of pixels on real stroma) keeps its gradient:
+:func:`class_weights_from_masks` derives it from label frequencies. Soft Dice per class ``c``
+over the whole batch is
 
     (2 * sum(p_c * g_c) + eps) / (sum(p_c) + sum(g_c) + eps)
 
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiceCELoss", "SegLoss", "soft_dice"]
+__all__ = ["DiceCELoss", "SegLoss", "soft_dice", "class_weights_from_masks"]
 
 
 class SegLoss(NamedTuple):
@@ -48,6 +52,9 @@ class DiceCELoss(nn.Module):
         Weights of the two terms.
     ignore_index
         Label value excluded from both terms (e.g. 255 for unannotated pixels), or ``None``.
+    class_weight
+        Per-class cross-entropy weights ``(C,)`` (``None``: all 1). The weighted CE is
+        normalised by the summed weights of the pixels, as torch's ``reduction="mean"`` does.
 
     Example
     -------
@@ -55,9 +62,16 @@ class DiceCELoss(nn.Module):
     """
 
     def __init__(
-        self, *, dice_weight: float = 1.0, ce_weight: float = 1.0, ignore_index: int | None = None
+        self,
+        *,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        ignore_index: int | None = None,
+        class_weight=None,
     ) -> None:
         super().__init__()
+        cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
+        self.register_buffer("class_weight", cw, persistent=False)
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
         self.ignore_index = ignore_index
@@ -76,17 +90,54 @@ class DiceCELoss(nn.Module):
         else:
             ce_map = F.cross_entropy(logits, target, reduction="none")
             probs = torch.softmax(logits, 1)
-        if valid is not None:
-            w = valid.to(ce_map.dtype)
+        w = torch.ones_like(ce_map) if valid is None else valid.to(ce_map.dtype)
+        if self.class_weight is not None:
+            cw = self.class_weight.to(ce_map)
+            if len(cw) != max(2, logits.shape[1]):
+                raise ValueError(f"class_weight has {len(cw)} entries for {logits.shape[1]} logits")
+            pix_w = cw[target] * w
+            ce = (ce_map * pix_w).sum() / pix_w.sum().clamp_min(1e-12)
+        else:
             ce = (ce_map * w).sum() / w.sum().clamp_min(1)
+        if valid is not None:
             probs = probs * w[:, None]
             onehot_mask = valid
         else:
-            ce = ce_map.mean()
             onehot_mask = None
         dice_t = target if onehot_mask is None else torch.where(onehot_mask, target, -1)
         dice = 1 - _masked_soft_dice(probs, dice_t).mean()
         return SegLoss(self.ce_weight * ce + self.dice_weight * dice, ce, dice)
+
+
+def class_weights_from_masks(masks, num_classes: int, *, ignore_index: int | None = None):
+    """Cross-entropy class weights from label frequencies: ``1 / sqrt(freq)``, mean 1 per pixel.
+
+    The square root (rather than plain inverse frequency) up-weights a rare class without
+    letting a handful of its pixels dominate the gradient; the weights are scaled so that
+    ``sum_c freq_c * w_c = 1`` (the loss keeps its scale). Classes absent from the masks get
+    the largest weight seen.
+
+    Example
+    -------
+    >>> class_weights_from_masks(train_masks, 2)  # ~[0.8, 4.0] for 6% nuclei
+    """
+    import numpy as np
+
+    counts = np.zeros(num_classes, np.float64)
+    for m in masks:
+        m = np.asarray(m).ravel()
+        if ignore_index is not None:
+            m = m[m != ignore_index]
+        counts += np.bincount(m.astype(np.int64), minlength=num_classes)[:num_classes]
+    if counts.sum() == 0:
+        return np.ones(num_classes, np.float32)
+    freq = counts / counts.sum()
+    w = np.zeros(num_classes)
+    seen = freq > 0
+    w[seen] = 1 / np.sqrt(freq[seen])
+    w[~seen] = w[seen].max()
+    w /= (freq * w).sum()
+    return w.astype(np.float32)
 
 
 def _masked_soft_dice(
