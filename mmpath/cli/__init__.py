@@ -20,6 +20,7 @@ from mmpath.errors import MmpathError
 
 # Modules under mmpath.cli that contribute verbs, in help order.
 COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "train", "heads", "demo"]
+COMMAND_MODULES += ["archive"]
 
 
 def build_parser() -> argparse.ArgumentParser:
