@@ -37,7 +37,7 @@ from mmpath.errors import EngineError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_engine", "cuda_count"]
+__all__ = ["preflight", "run_engine", "cuda_count", "default_workers"]
 
 
 def cuda_count() -> int:
@@ -201,7 +201,7 @@ def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeou
     started = False
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            _ray_connect(ray, address, timeout)
         else:
             ray.init(
                 num_cpus=workers,
@@ -235,6 +235,25 @@ def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeou
             ray.shutdown()
 
 
+def _ray_connect(ray, address: str, timeout: float) -> None:
+    """``ray.init(address=...)`` bounded by ``timeout``: Ray retries its GCS connection about
+    once a second for ``RAY_gcs_server_port_wait_time_s`` attempts (20 by default)."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    old = os.environ.get(key)
+    if old is None:
+        os.environ[key] = str(max(1, round(timeout)))
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as err:
+        raise EngineError(
+            f"cannot reach the Ray cluster at {address!r} within {timeout:g} s "
+            f"({' '.join(str(err).split())[:200]}); check the address, or omit --address"
+        ) from None
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+
+
 # -- dask --------------------------------------------------------------------------------------
 
 
@@ -251,10 +270,11 @@ def _run_dask(payloads: Iterable[dict], workers: int, address: str | None, timeo
         if address:
             try:
                 client = Client(address, timeout=f"{timeout}s")
-            except OSError as err:
+            except Exception as err:  # noqa: BLE001 - timeouts, refusals, or not a scheduler
+                why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
                 raise EngineError(
-                    f"cannot connect to the Dask scheduler at {address!r} within {timeout:g} s "
-                    f"({err}); check the address"
+                    f"cannot reach the Dask cluster at {address!r} within {timeout:g} s ({why}); "
+                    "check that a Dask scheduler listens there, or omit --address"
                 ) from None
         else:
             cluster = LocalCluster(
@@ -263,7 +283,7 @@ def _run_dask(payloads: Iterable[dict], workers: int, address: str | None, timeo
                 processes=True,
                 dashboard_address=None,
                 resources={"GPU": 1} if gpus else None,
-                silence_logs=logging.WARNING,
+                silence_logs=logging.ERROR,
             )
             client = Client(cluster)
     try:
@@ -294,6 +314,19 @@ def _run_dask(payloads: Iterable[dict], workers: int, address: str | None, timeo
             cluster.close()
 
 
+def preflight(name: str, address: str | None, timeout: float) -> None:
+    """Before anything is written: the engine is installed and its address answers."""
+    if name == "local":
+        if address:
+            raise EngineError("engine 'local' takes no address; use --engine ray or dask")
+        return
+    if name not in ("ray", "dask"):
+        raise EngineError(f"unknown engine {name!r}; use local, ray or dask")
+    require_engine(name)
+    if address:
+        _check_reachable(address, timeout, name.capitalize())
+
+
 def run_engine(
     name: str,
     payloads: Iterable[dict],
@@ -302,18 +335,14 @@ def run_engine(
     address: str | None = None,
     timeout: float = 10.0,
 ) -> Iterator[dict]:
-    """Run the job over ``payloads`` on engine ``name``; yields records as slides finish."""
+    """Run the job over ``payloads`` on engine ``name``; yields records as slides finish.
+
+    Call :func:`preflight` first (it checks the engine and the address).
+    """
     if name == "local":
-        if address:
-            raise EngineError("engine 'local' takes no address; use --engine ray or dask")
         return _run_local(payloads, workers)
-    if name in ("ray", "dask"):
-        require_engine(name)
-        if address:
-            _check_reachable(address, timeout, name.capitalize())
-        run = _run_ray if name == "ray" else _run_dask
-        return run(payloads, workers, address, timeout)
-    raise EngineError(f"unknown engine {name!r}; use local, ray or dask")
+    run = _run_ray if name == "ray" else _run_dask
+    return run(payloads, workers, address, timeout)
 
 
 def require_engine(name: str) -> None:

@@ -29,7 +29,7 @@ from mmpath.archive.config import (
     tiling_signature,
     with_overrides,
 )
-from mmpath.archive.engines import default_workers, run_engine
+from mmpath.archive.engines import default_workers, preflight, run_engine
 from mmpath.archive.inputs import SlideTask, resolve_inputs
 from mmpath.archive.job import plan_slide
 from mmpath.config import save_config, to_dict
@@ -139,6 +139,7 @@ def run(
     }
     cfg = _config(config, parts)
     tasks = resolve_inputs(slides)
+    preflight(cfg.engine.name, cfg.engine.address, cfg.engine.connect_timeout)
     store = S.ArchiveStore(out)
     store.make_dirs()
     store.check_tiling(tiling_signature(cfg), overwrite=overwrite)
