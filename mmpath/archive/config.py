@@ -161,8 +161,7 @@ def load_archive_config(path: str | os.PathLike[str] | None = None, overrides=()
     -------
     >>> cfg = load_archive_config("configs/archive.yaml", ["engine.name=dask"])
     """
-    cfg = load_config(ArchiveConfig, path, overrides) if path or overrides else ArchiveConfig()
-    return archive_config(to_dict(cfg))
+    return load_config(ArchiveConfig, path, overrides, prepare=_normalise)
 
 
 def with_overrides(cfg: ArchiveConfig, parts: Mapping[str, Any]) -> ArchiveConfig:

@@ -170,7 +170,8 @@ def _run_local(payloads: Iterable[dict], workers: int) -> Iterator[dict]:
                             broken.append(p)
                     break
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # a broken pool is joined so its dead workers are reaped before their locks are read
+            pool.shutdown(wait=bool(broken), cancel_futures=True)
         if not broken:
             return
         # A worker died (killed, out of memory): slides whose lock a dead process holds were
