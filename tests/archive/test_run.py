@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -261,3 +262,38 @@ def test_disk_full_fails_the_slide_without_a_complete_looking_file(
     monkeypatch.setattr(ad.AnnData, "write_h5ad", real)
     again = run(few_slides, out, retry_failed=True).set_index("slide_id")
     assert again.loc["s002", "state"] == "done" and again.loc["s002", "action"] == "ran"
+
+
+def test_staging_copies_ahead_within_bound_and_cleans_up(few_slides, tmp_path):
+    from mmpath.archive.staging import Stager
+
+    stage = tmp_path / "stage"
+    size = max(p.stat().st_size for p in few_slides.iterdir())
+    cfg = {**CONFIG, "staging": {"max_gb": 2.5 * size / 1e9, "ahead": 2}}
+    out = tmp_path / "arc"
+    table = mm.archive.run(few_slides, out, config=cfg, workers=0, stage_dir=stage)
+    assert (table.state == "done").all()
+    assert list(stage.iterdir()) == []  # every copy was removed as its slide finished
+    tiles = mm.io.read_h5ad(out / "tables" / "s002.h5ad")
+    assert tiles.uns["mmpath"]["slides"]["s002"]["path"] == str(few_slides / "s002.tif")
+    ref = tmp_path / "ref"
+    mm.archive.run(few_slides, ref, config=CONFIG, workers=0)
+    for sid in ("s001", "s002", "s003"):
+        assert table_bytes(out, sid) == table_bytes(ref, sid)
+
+    # the bound: with room for two slides, a third waits until one is released
+    stager = Stager(tmp_path / "stage2", max_gb=2.5 * size / 1e9, ahead=3)
+    payloads = [
+        {"task": {"slide_id": p.stem, "path": str(p)}, "staged": None}
+        for p in sorted(few_slides.iterdir())
+    ]
+    it = stager.stage(iter(payloads))
+    first, second = next(it), next(it)
+    assert Path(first["staged"]).read_bytes() == (few_slides / "s001.tif").read_bytes()
+    time.sleep(0.3)
+    assert stager.used <= stager.max_bytes and len(list((tmp_path / "stage2").iterdir())) == 2
+    stager.release(first["task"]["slide_id"])
+    third = next(it)
+    assert third["staged"] and stager.peak <= stager.max_bytes
+    stager.close()
+    assert list((tmp_path / "stage2").iterdir()) == []
