@@ -29,6 +29,7 @@ STEPS: list[tuple[str, str]] = [
     ("step_expression", "Image-to-RNA (smoke demo)"),
     ("step_heads", "Segmentation and anomaly heads (toy models)"),
 ]
+STEPS += [("step_archive", "Archive run (many slides, resumable)")]
 
 
 def run_demo(out_dir: str | Path = "demo-out", *, quiet: bool = False) -> Path:
