@@ -292,7 +292,7 @@ def _run_dask(payloads: Iterable[dict], workers: int, address: str | None, timeo
         resources = {"GPU": 1} if gpus else None
 
         def submit(p):
-            return client.submit(run_job, p, pure=False, resources=resources, retries=0)
+            return client.submit(_dask_job, p, pure=False, resources=resources, retries=0)
 
         def wait_one(pending):
             done = wait(list(pending), return_when="FIRST_COMPLETED").done
@@ -326,6 +326,21 @@ def preflight(name: str, address: str | None, timeout: float) -> None:
     require_engine(name)
     if address:
         _check_reachable(address, timeout, name.capitalize())
+
+
+def _dask_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_job` on a Dask worker; on a GPU machine, worker ``i`` of a LocalCluster
+    (named 0, 1, ...) uses ``cuda:i`` (Dask does not pin devices as Ray does)."""
+    from mmpath.archive import job
+
+    gpus = cuda_count()
+    if gpus and job.WORKER_DEVICE is None:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = name if isinstance(name, int) else abs(hash(name))
+        job.WORKER_DEVICE = f"cuda:{index % gpus}"
+    return run_job(payload)
 
 
 def run_engine(

@@ -85,3 +85,15 @@ def test_bad_address_fails_fast(engine, address, few_slides, tmp_path):
     with pytest.raises(EngineError, match=r"cannot reach the .* cluster at .* within 1 s"):
         mm.archive.run(few_slides, tmp_path / "o", config=cfg, engine=engine, address=address)
     assert time.monotonic() - t0 < 10  # an error, not a hang
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["local", "ray", "dask"])
+def test_engines_on_gpus(engine, few_slides, tmp_path):
+    import torch
+
+    if engine != "local":
+        pytest.importorskip("ray" if engine == "ray" else "distributed")
+    n = torch.cuda.device_count()
+    table = mm.archive.run(few_slides, tmp_path / engine, config=CONFIG, engine=engine, workers=n)
+    assert (table.state == "done").all()

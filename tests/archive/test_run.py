@@ -289,6 +289,7 @@ def test_staging_copies_ahead_within_bound_and_cleans_up(few_slides, tmp_path):
     ]
     it = stager.stage(iter(payloads))
     first, second = next(it), next(it)
+    assert second["staged"]
     assert Path(first["staged"]).read_bytes() == (few_slides / "s001.tif").read_bytes()
     time.sleep(0.3)
     assert stager.used <= stager.max_bytes and len(list((tmp_path / "stage2").iterdir())) == 2
