@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -170,6 +171,7 @@ def _run_local(payloads: Iterable[dict], workers: int) -> Iterator[dict]:
                             broken.append(p)
                     break
         finally:
+            procs = dict(getattr(pool, "_processes", None) or {})
             # a broken pool is joined so its dead workers are reaped before their locks are read
             pool.shutdown(wait=bool(broken), cancel_futures=True)
         if not broken:
@@ -178,11 +180,16 @@ def _run_local(payloads: Iterable[dict], workers: int) -> Iterator[dict]:
         # mid-job and are recorded as interrupted; the others go to a fresh pool.
         restarts += 1
         log.warning("a worker process died; restarting the pool (%d)", restarts)
+        # The executor SIGTERMs the surviving workers of a broken pool: their slides did
+        # nothing wrong and are retried; only the slide of the worker that died is interrupted.
+        terminated = {pid for pid, proc in procs.items() if proc.exitcode == -signal.SIGTERM}
         for p in broken:
             lock = S.ArchiveStore(p["out"]).lock(
                 p["task"]["slide_id"], stale_seconds=p["config"]["stale_lock_seconds"]
             )
-            if (lock.holder() is not None and lock.is_stale()) or restarts > 3:
+            holder = lock.holder()
+            died = holder is not None and holder.get("pid") not in terminated and lock.is_stale()
+            if died or restarts > 3:
                 yield _interrupted(p, DIED)
             else:
                 retry.append(p)

@@ -143,6 +143,7 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
             "slide_id": task.slide_id,
             "path": task.path,
             "state": "locked",
+            "action": "locked",
             "error": f"being processed by another runner (pid {holder.get('pid')} on "
             f"{holder.get('host')})",
         }
