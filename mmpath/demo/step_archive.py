@@ -55,7 +55,8 @@ def run(ctx: DemoContext) -> list[Section]:
         for r in status.itertuples()
     ]
     stats = {
-        "first run": f"{len(first)} slides processed in {t1 - t0:.1f} s",
+        "first run": f"{int((first.action == 'ran').sum())} of {len(first)} slides processed "
+        f"in {t1 - t0:.1f} s",
         "rerun": f"{int((again.action == 'skipped').sum())} of {len(again)} skipped "
         f"(unchanged files and config) in {t2 - t1:.2f} s",
         "cohort view": f"{sum(t.n_obs for t in arc.iter_tables())} tiles in "
