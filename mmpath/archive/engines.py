@@ -211,12 +211,19 @@ def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeou
         if address:
             _ray_connect(ray, address, timeout)
         else:
-            ray.init(
-                num_cpus=workers,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            try:
+                ray.init(
+                    num_cpus=workers,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            except Exception as err:  # noqa: BLE001 - Ray raises bare Exception on start-up
+                why = " ".join(str(err).split())[:200]
+                raise EngineError(
+                    f"could not start a local Ray cluster ({why}); retry when the machine is "
+                    "less busy, or use --engine local"
+                ) from None
         started = True
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
