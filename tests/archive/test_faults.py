@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 import mmpath as mm
@@ -85,6 +86,7 @@ def test_worker_killed_mid_slide_is_redone_exactly(archive_slides, tmp_path):
     assert_same_tables(_reference(slides, tmp_path), out, IDS[:6])
 
 
+@pytest.mark.slow  # a cold CLI subprocess (imports torch) plus two in-process runs
 def test_whole_run_killed_midway_resumes_exactly(archive_slides, tmp_path):
     slides = _copy(archive_slides, tmp_path / "slides", IDS)
     out = tmp_path / "arc"
