@@ -15,8 +15,9 @@ Every run writes a fresh archive folder from the same slides, side by side in on
 * ``memory``: peak RSS of an in-process run (``workers=0``, a fresh Python each) over N/4 and
   N slides; flat means the ratio stays near 1.
 
-Prints one JSON object. ``--quick`` uses 24 slides (start-up then dominates: use the steady
-ratios).
+Prints one JSON object. ``--quick`` uses 24 slides; with the default 512 px slides a job takes
+~0.1 s and each worker process's start-up (spawn, torch import: seconds) dominates, so give
+the workers real work to compare engines: ``--side 1536`` (~150 tiles per slide).
 
     nice .venv/bin/python tools/bench/bench_archive.py            # 120 slides
     .venv/bin/python tools/bench/bench_archive.py --quick
@@ -42,12 +43,12 @@ CONFIG = {
 }
 
 
-def make_slides(folder: Path, n: int) -> Path:
+def make_slides(folder: Path, n: int, side: int = 512) -> Path:
     from mmpath.datasets import default_spec, write_synthetic_slide
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        spec = default_spec(512, 384, mpp=2.0, seed=i, levels=(1, 4))
+        spec = default_spec(side, side * 3 // 4, mpp=2.0, seed=i, levels=(1, 4))
         write_synthetic_slide(folder / f"s{i:04d}.tif", spec, tile_size=128)
     return folder
 
@@ -109,14 +110,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slides", type=int, default=120)
     ap.add_argument("--quick", action="store_true", help="24 slides")
+    ap.add_argument(
+        "--side", type=int, default=512, help="slide width in px (512: ~17 tiles per slide)"
+    )
     ap.add_argument("--skip", default="", help="comma-separated engines to skip (ray,dask)")
     args = ap.parse_args()
     n = 24 if args.quick else args.slides
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="bench_archive_", dir=os.environ.get("TMPDIR")))
     t0 = time.perf_counter()
-    slides = make_slides(tmp / "slides", n)
-    out: dict = {"slides": n, "make_slides_s": round(time.perf_counter() - t0, 2)}
+    slides = make_slides(tmp / "slides", n, args.side)
+    out: dict = {
+        "slides": n,
+        "side_px": args.side,
+        "make_slides_s": round(time.perf_counter() - t0, 2),
+    }
     runs = {}
     runs["local_1"] = timed_run(slides, tmp / "local_1", engine="local", workers=1)
     runs["local_2"] = timed_run(slides, tmp / "local_2", engine="local", workers=2)
@@ -147,7 +155,7 @@ def main() -> None:
         "skip_ms": round(1e3 * (time.perf_counter() - t) / n, 2),
         "engine_ms": round(1e3 * (l2["steady_s"] / n - l2["median_job_s"] / 2), 2),
     }
-    small = make_slides(tmp / "slides_small", max(4, n // 4))
+    small = make_slides(tmp / "slides_small", max(4, n // 4), args.side)
     m_small = peak_rss_mb(small, tmp / "mem_small")
     m_full = peak_rss_mb(slides, tmp / "mem_full")
     out["memory"] = {
