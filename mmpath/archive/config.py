@@ -88,7 +88,8 @@ class EngineConfig:
     name: Literal["local", "ray", "dask"] = "local"
     address: str | None = None  # an existing Ray / Dask cluster; None starts a local one
     workers: int | None = None  # model processes; None: one per GPU, else cpus // 2 (>= 1)
-    reader_workers: int = 0  # decode processes per model process (torch DataLoader)
+    reader_workers: int | None = None  # decode processes per model process (DataLoader);
+    # None: on GPUs the spare cores split between the workers (up to 8 each), on the CPU 0
     batch_size: int = 64
     device: str | None = None  # None: one GPU per worker when CUDA is there, else the CPU
     torch_threads: int | None = None  # CPU threads per worker; None: cpus // workers

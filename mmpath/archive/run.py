@@ -29,7 +29,7 @@ from mmpath.archive.config import (
     tiling_signature,
     with_overrides,
 )
-from mmpath.archive.engines import default_workers, preflight, run_engine
+from mmpath.archive.engines import cuda_count, default_workers, preflight, run_engine
 from mmpath.archive.inputs import SlideTask, resolve_inputs
 from mmpath.archive.job import plan_slide
 from mmpath.config import save_config, to_dict
@@ -145,7 +145,11 @@ def run(
     store.check_tiling(tiling_signature(cfg), overwrite=overwrite)
     n_workers = cfg.engine.workers if cfg.engine.workers is not None else default_workers()
     threads = cfg.engine.torch_threads or max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    cfg = resolved(cfg, workers=n_workers, torch_threads=threads)
+    readers = cfg.engine.reader_workers
+    if readers is None:  # keep GPUs fed: spare cores decode; on the CPU the worker decodes
+        spare = (os.cpu_count() or 1) - n_workers
+        readers = min(8, max(1, spare // max(1, n_workers))) if cuda_count() else 0
+    cfg = resolved(cfg, workers=n_workers, torch_threads=threads, reader_workers=readers)
     save_config(cfg, store.root / "config.yaml")
 
     rows: dict[str, dict[str, Any]] = {}
