@@ -52,6 +52,7 @@ def _states(out: Path) -> dict[str, str]:
     return states
 
 
+@pytest.mark.slow  # two process pools (each worker imports torch): ~50 s on 2 busy cores
 def test_worker_killed_mid_slide_is_redone_exactly(archive_slides, tmp_path):
     slides = _copy(archive_slides, tmp_path / "slides", IDS[:6])
     out = tmp_path / "arc"
