@@ -1,8 +1,9 @@
 """mmpath: multimodal representation learning for computational pathology.
 
-``import mmpath as mm`` is light: ``io``, ``pp``, ``tl``, ``pl``, ``index``, ``datasets`` and
-``models`` load on first access (``mm.tl`` imports scipy, ``mm.models`` torch), so the CLI's
-light commands (``mmpath --help``, ``mmpath info``) never pay for what they do not use;
+``import mmpath as mm`` is light: ``io``, ``pp``, ``tl``, ``pl``, ``index``, ``datasets``,
+``metrics``, ``archive`` and ``models`` load on first access (``mm.tl`` imports scipy,
+``mm.models`` torch), so the CLI's light commands (``mmpath --help``, ``mmpath info``)
+never pay for what they do not use;
 ``mmpath.train`` is imported explicitly by whoever trains.
 """
 
@@ -15,12 +16,12 @@ from mmpath import errors
 from mmpath._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mmpath import datasets, index, io, metrics, models, pl, pp, tl
+    from mmpath import archive, datasets, index, io, metrics, models, pl, pp, tl
 
-_LAZY = ("io", "pp", "tl", "pl", "index", "datasets", "models", "metrics")
+_LAZY = ("io", "pp", "tl", "pl", "index", "datasets", "models", "metrics", "archive")
 
 __all__ = ["io", "pp", "tl", "pl", "index", "datasets", "errors", "models", "__version__"]
-__all__ += ["metrics"]
+__all__ += ["metrics", "archive"]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,7 +163,13 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> T:
     """Load ``cls`` from a YAML file (optional) plus dotted overrides.
 
     Parameters
@@ -174,6 +180,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         YAML file; ``None`` starts from the dataclass defaults.
     overrides
         Strings such as ``"train.lr=3e-4"``.
+    prepare
+        Optional rewrite of the merged mapping before it is checked (e.g. shorthand forms).
 
     Example
     -------
@@ -196,7 +204,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
         data = dict(loaded)
     data = _merge(data, parse_overrides(overrides))
-    return from_dict(cls, data)
+    return from_dict(cls, prepare(data) if prepare is not None else data)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "IndexError_",
     "FilterError",
     "UnsafeNameError",
+    "ArchiveError",
+    "EngineError",
 ]
 
 
@@ -64,3 +66,11 @@ class FilterError(IndexError_):
 
 class UnsafeNameError(MmpathError, ValueError):
     """A user-supplied name (model, slide id, key, output) is not one safe path component."""
+
+
+class ArchiveError(MmpathError):
+    """An archive folder, its inputs or its config do not fit the requested run."""
+
+
+class EngineError(ArchiveError):
+    """An execution engine (Ray, Dask) is not installed, or its cluster does not answer."""

@@ -18,6 +18,7 @@ import pytest
 import mmpath as mm
 
 NAMESPACES = ["io", "pp", "tl", "pl", "index", "datasets"]
+NAMESPACES += ["archive"]
 # Known, deliberate exceptions: (namespace, name) -> why.
 EXCEPTIONS: dict[tuple[str, str], str] = {}
 

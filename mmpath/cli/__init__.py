@@ -24,6 +24,7 @@ COMMAND_MODULES = ["slides", "models", "embed", "tasks", "expr", "search", "trai
 COMMAND_MODULES += ["serve"]  # the search web page (mmpath.serve)
 COMMAND_MODULES += ["annotate"]  # issue 11: labels from the CLI
 COMMAND_MODULES += ["mil"]
+COMMAND_MODULES += ["archive"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,6 +30,7 @@ STEPS: list[tuple[str, str]] = [
     ("step_heads", "Segmentation and anomaly heads (toy models)"),
 ]
 STEPS += [("step_mil", "Slide-level learning: attention MIL (synthetic cohort)")]
+STEPS += [("step_archive", "Archive run (many slides, resumable)")]
 
 
 def run_demo(out_dir: str | Path = "demo-out", *, quiet: bool = False) -> Path:

@@ -258,6 +258,8 @@ def test_retrieval_recall_counts_distinct_captions():
     # unique captions: the usual paired recall
     u = retrieval_recall(torch.eye(4), torch.eye(4), list("wxyz"), ks=(1,))
     assert u["i2t_r@1"] == 1.0 and u["t2i_r@1"] == 1.0 and u["n_captions"] == 4
+
+
 def test_lit_text_cache_gives_bit_identical_losses(caption_sets, tmp_path, testdata):
     """The locked MiniLM runs once per distinct caption; the losses do not change a bit."""
     train, val = caption_sets

@@ -1,0 +1,99 @@
+"""The 20-slide archive (one corrupt slide) through each engine on a local 2-worker cluster.
+
+Every engine must give the same bytes for every slide's table, the corrupt slide must fail
+alone with a one-line error, and a missing engine or an address that does not answer must be
+one clear error, fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+import mmpath as mm
+from mmpath.errors import EngineError
+
+from .archive_helpers import CONFIG, CORRUPT, N_SLIDES, assert_same_tables
+
+GOOD = [f"s{i:03d}" for i in range(N_SLIDES - 1)]
+
+
+def _check_run(table) -> None:
+    table = table.set_index("slide_id")
+    assert len(table) == N_SLIDES
+    assert table.loc[CORRUPT, "state"] == "failed"
+    err = table.loc[CORRUPT, "error"]
+    assert err and "\n" not in err
+    assert (table.loc[GOOD, "state"] == "done").all()
+    assert (table.loc[GOOD, "n_tiles"] > 5).all()
+
+
+@pytest.fixture(scope="module")
+def local_archive(archive_slides, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engines") / "local"
+    table = mm.archive.run(archive_slides, out, config=CONFIG, engine="local", workers=2)
+    return out, table
+
+
+def test_local_engine_two_workers(local_archive, archive_slides):
+    out, table = local_archive
+    _check_run(table)
+    assert sorted(mm.archive.open(out).slide_ids) == GOOD
+    # the same archive in-process gives the same bytes (the job is pure)
+    sub = out.parent / "inproc"
+    mm.archive.run(
+        [next(archive_slides.rglob(f"{s}.tif")) for s in GOOD[:3]], sub, config=CONFIG, workers=0
+    )
+    assert_same_tables(out, sub, GOOD[:3])
+
+
+def test_ray_engine_equals_local(local_archive, archive_slides):
+    pytest.importorskip("ray", reason="needs mmpath[ray]")
+    ref, _ = local_archive
+    out = ref.parent / "ray"
+    table = mm.archive.run(archive_slides, out, config=CONFIG, engine="ray", workers=2)
+    _check_run(table)
+    assert_same_tables(ref, out, GOOD)
+
+
+def test_dask_engine_equals_local(local_archive, archive_slides):
+    pytest.importorskip("distributed", reason="needs mmpath[dask]")
+    ref, _ = local_archive
+    out = ref.parent / "dask"
+    table = mm.archive.run(archive_slides, out, config=CONFIG, engine="dask", workers=2)
+    _check_run(table)
+    assert_same_tables(ref, out, GOOD)
+
+
+@pytest.mark.parametrize(
+    ("engine", "module", "extra"), [("ray", "ray", "ray"), ("dask", "distributed", "dask")]
+)
+def test_missing_engine_names_the_extra(engine, module, extra, few_slides, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    with pytest.raises(EngineError, match=rf"pip install 'mmpath\[{extra}\]'"):
+        mm.archive.run(few_slides, tmp_path / "o", config=CONFIG, engine=engine)
+
+
+@pytest.mark.parametrize("engine", ["ray", "dask"])
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "10.255.255.1:6379"])
+def test_bad_address_fails_fast(engine, address, few_slides, tmp_path):
+    pytest.importorskip("ray" if engine == "ray" else "distributed")
+    cfg = {**CONFIG, "engine": {**CONFIG["engine"], "connect_timeout": 1.0}}
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match=r"cannot reach the .* cluster at .* within 1 s"):
+        mm.archive.run(few_slides, tmp_path / "o", config=cfg, engine=engine, address=address)
+    assert time.monotonic() - t0 < 10  # an error, not a hang
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["local", "ray", "dask"])
+def test_engines_on_gpus(engine, few_slides, tmp_path):
+    import torch
+
+    if engine != "local":
+        pytest.importorskip("ray" if engine == "ray" else "distributed")
+    n = torch.cuda.device_count()
+    table = mm.archive.run(few_slides, tmp_path / engine, config=CONFIG, engine=engine, workers=n)
+    assert (table.state == "done").all()
