@@ -7,9 +7,9 @@ How an archive is indexed (the faiss recipe of ``faiss.contrib.ondisk``):
 2. the IVF is trained once on a seeded sample of the vectors (the same rows
    :func:`mmpath.index._faiss.train_rows` draws for an in-memory build, so both train the same
    quantizer);
-3. worker processes (``concurrent.futures`` with the ``spawn`` start method: forking a process
-   whose OpenMP threads ran k-means can deadlock) each read their tables one at a time, add
-   them to a copy of the trained, empty index and write that IVF block plus its metadata rows;
+3. worker processes (``concurrent.futures``; forked, each with one OpenMP thread, since
+   libgomp's pool does not survive a fork) each read their tables one at a time, add them to
+   a copy of the trained, empty index and write that IVF block plus its metadata rows;
 4. the blocks' inverted lists are merged into one ``OnDiskInvertedLists`` file (``.ivfdata``),
    which searches memory-map.
 
@@ -23,6 +23,7 @@ file systems) into a new save, so a save stays atomic without copying the lists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -124,7 +125,9 @@ def build_blocks(sc: S.Scan, index, use_rep: str, workdir: Path, *, workers: int
     if workers > 1 and len(tasks) > 1:
         import multiprocessing as mp
 
-        ctx = mp.get_context("spawn")
+        # fork: spawn would re-run the caller's script (no __main__ guard in notebooks and
+        # scripts); a forked child whose parent ran OpenMP is safe with one OpenMP thread
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as ex:
             results = list(ex.map(_block_task, tasks))
     else:
@@ -157,7 +160,8 @@ def merge_into(header, invlists: list, ivfdata: Path):
     vec = fa.InvertedListsPtrVector()
     for il in invlists:
         vec.push_back(il)
-    ntotal = ondisk.merge_from_multiple(vec.data(), vec.size(), False)
+    with _quiet():
+        ntotal = ondisk.merge_from_multiple(vec.data(), vec.size(), False)
     out.ntotal = ivf.ntotal = ntotal
     ivf.replace_invlists(ondisk, True)
     ondisk.this.disown()
@@ -185,7 +189,8 @@ class Segment:
     def read(cls, path: Path) -> Segment:
         fa = F.faiss()
         try:
-            index = fa.read_index(str(path), fa.IO_FLAG_ONDISK_SAME_DIR | fa.IO_FLAG_READ_ONLY)
+            with _quiet():
+                index = fa.read_index(str(path), fa.IO_FLAG_ONDISK_SAME_DIR | fa.IO_FLAG_READ_ONLY)
         except RuntimeError as err:
             raise IndexError_(f"faiss cannot read {path} ({F._first_line(err)})") from None
         return cls(index, path)
@@ -261,6 +266,34 @@ class Parts:
         header = fa.read_index(str(folder / HEADER))
         segs = [Segment.read(folder / f"{name}.faiss") for name in segments]
         return cls(header, segs)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence faiss' C++ notes ("resizing ...", "updating ondisk filename ..."), printed on
+    stdout/stderr during normal operation. Errors still raise with their message."""
+    import ctypes
+    import sys
+
+    try:
+        libc = ctypes.CDLL(None)
+        saved = [(fd, os.dup(fd)) for fd in (1, 2)]
+    except OSError:  # pragma: no cover - no libc or no standard streams
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        with open(os.devnull, "w") as null:
+            for fd, _ in saved:
+                os.dup2(null.fileno(), fd)
+            yield
+            libc.fflush(None)
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -89,6 +89,16 @@ def _read_parts(path: Path, use_rep: str | None, rows: np.ndarray | None = None)
             raise DataError(f"cannot read {str(path)!r} as a tile table ({err})") from None
 
 
+def read_light(path: Path):
+    """A light AnnData of one file: obs and ``uns["mmpath"]`` only (no vectors)."""
+    import anndata as ad
+
+    obs, uns, _ = _read_parts(Path(path), None)
+    t = ad.AnnData(obs=obs)
+    t.uns[K.UNS] = uns
+    return t
+
+
 def read_table(path: Path, use_rep: str):
     """A light AnnData of one file: obs, ``obsm[use_rep]`` and ``uns["mmpath"]`` only."""
     import anndata as ad
@@ -99,6 +109,11 @@ def read_table(path: Path, use_rep: str):
         t.obsm[use_rep] = np.asarray(x)
     t.uns[K.UNS] = uns
     return t
+
+
+def _rep_keys(path: Path) -> list[str]:
+    with _open(path) as f:
+        return [k for k in f.get("obsm", {}) if k.startswith(K.REP_PREFIX)]
 
 
 @dataclass
@@ -126,12 +141,9 @@ def scan(paths: Sequence[Path], use_rep: str, start_id: int = 0) -> Scan:
     counts, ok, dims, slides = [], {}, set(), {}
     embedding: dict[str, Any] = {}
     for i, p in enumerate(paths):
-        obs, uns, x = _read_parts(Path(p), None)
+        light = read_light(Path(p))
+        obs = light.obs
         what = repr(str(p))
-        import anndata as ad
-
-        light = ad.AnnData(obs=obs)
-        light.uns[K.UNS] = uns
         _prov.require_tile_table(light, what)
         with _open(Path(p)) as f:
             elem = f["obsm"][use_rep] if "obsm" in f and use_rep in f["obsm"] else None
@@ -140,7 +152,8 @@ def scan(paths: Sequence[Path], use_rep: str, start_id: int = 0) -> Scan:
                 shape = tuple(elem.attrs.get("shape", ()))
         if shape is None:
             raise DataError(
-                f"{what} has no obsm[{use_rep!r}]; embed it first (mm.tl.embed) or pick one of {x}"
+                f"{what} has no obsm[{use_rep!r}]; embed it first (mm.tl.embed) or pick one "
+                f"of {_rep_keys(Path(p))}"
             )
         if len(shape) != 2 or shape[0] != len(obs):
             raise DataError(f"{what}: obsm[{use_rep!r}] has shape {shape} for {len(obs)} rows")

@@ -116,7 +116,8 @@ class TileIndex:
         return (
             f"TileIndex({len(self)} tiles, {len(self.slide_ids)} slides, "
             f"{self.embedding_key} dim {self.dim}, {self.factory!r}, "
-            f"encoder {self.encoder!r}{', gpu' if self._gpu is not None else ''})"
+            f"encoder {self.encoder!r}{', on disk' if self._parts is not None else ''}"
+            f"{', gpu' if self._gpu is not None else ''})"
         )
 
     def set_params(self, **params: Any) -> None:
@@ -497,7 +498,7 @@ class TileIndex:
                 f"but the index holds {self.dim}-d vectors"
             )
         self.check_encoder(encoder)
-        dup = set(pd.unique(np.asarray(slides, dtype=str))) & set(self.slide_ids)
+        dup = {str(v) for v in pd.unique(np.asarray(slides, dtype=str))} & set(self.slide_ids)
         if dup:
             raise IndexError_(
                 f"slide(s) {sorted(dup)[:5]} are already in the index; remove them first "
