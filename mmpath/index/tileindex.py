@@ -467,59 +467,9 @@ class TileIndex:
         -------
         >>> idx.add(["new/S42.h5ad", "new/S43.h5ad"])
         """
-        from mmpath.index import _source as S
+        from mmpath.index._change import add
 
-        start = int(self.manifest["next_id"])
-        paths = S.as_paths(adata)
-        if paths is None:
-            got = T.collect(T.as_tables(adata), self.embedding_key, start)
-            if len(got.vectors) == 0:
-                return 0
-            self._check_new(
-                got.vectors.shape[1], got.embedding.get("encoder"), got.meta[K.SLIDE_ID]
-            )
-            self._add_collected(got)
-            return len(got.vectors)
-        sc = S.scan(paths, self.embedding_key, start)
-        if sc.n == 0:
-            return 0
-        self._check_new(sc.dim, sc.embedding.get("encoder"), sc.slides)
-        for p, begin, count in zip(sc.paths, sc.starts, sc.counts, strict=True):
-            if count:
-                got = T.collect([S.read_table(p, self.embedding_key)], self.embedding_key, begin)
-                self._add_collected(got)
-        return sc.n
-
-    def _check_new(self, dim: int, encoder: str | None, slides) -> None:
-        """Refuse new tiles of another dim or encoder, or of slides already indexed."""
-        if dim != self.dim:
-            raise IndexError_(
-                f"obsm[{self.embedding_key!r}] of the new tables has dim {dim} "
-                f"but the index holds {self.dim}-d vectors"
-            )
-        self.check_encoder(encoder)
-        dup = {str(v) for v in pd.unique(np.asarray(slides, dtype=str))} & set(self.slide_ids)
-        if dup:
-            raise IndexError_(
-                f"slide(s) {sorted(dup)[:5]} are already in the index; remove them first "
-                "(idx.remove(...)) to replace them"
-            )
-
-    def _add_collected(self, got) -> None:
-        ids = got.meta.index.to_numpy(np.int64)
-        if self._parts is not None:
-            self._parts.add(got.vectors, ids)
-            self.index = self._parts.view
-            F.apply_params(self.index, self.params)
-        else:
-            self.index.add_with_ids(got.vectors, ids)
-        self._meta.append(got.meta)
-        self.manifest["next_id"] = int(ids.max()) + 1
-        self.manifest.setdefault("slides", {}).update(got.slides)
-        if not self.encoder and got.embedding.get("encoder"):
-            self.manifest["encoder"] = got.embedding["encoder"]
-        self._changed()
-        log.info("added %d tiles of %d slide(s)", len(ids), got.meta[K.SLIDE_ID].nunique())
+        return add(self, adata)
 
     def remove(self, slides: str | Sequence[str]) -> int:
         """Remove every tile of the given slides.
@@ -532,25 +482,9 @@ class TileIndex:
         -------
         >>> idx.remove(["S1", "S2"])
         """
-        slides = [slides] if isinstance(slides, str) else [str(s) for s in slides]
-        unknown = sorted(set(slides) - set(self.slide_ids))
-        if unknown:
-            raise IndexError_(f"slide(s) {unknown[:5]} are not in the index")
-        if self._parts is not None:
-            raise IndexError_(
-                "slides cannot be removed from an on-disk index (its .ivfdata lists are "
-                "read-only); rebuild it without them with mmpath index build"
-            )
-        ids = self._meta.ids[np.isin(self._meta.slides_of(self._meta.ids), slides)]
-        removed = F.remove(self.index, ids)
-        if removed != len(ids):
-            raise IndexError_(f"faiss removed {removed} of {len(ids)} tiles; rebuild the index")
-        self._meta.drop(ids)
-        for sid in slides:
-            self.manifest.get("slides", {}).pop(sid, None)
-        self._changed()
-        log.info("removed %d tiles of %d slide(s)", removed, len(slides))
-        return removed
+        from mmpath.index._change import remove
+
+        return remove(self, slides)
 
     def _changed(self) -> None:
         self._id_map = None
