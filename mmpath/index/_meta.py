@@ -59,6 +59,7 @@ class MetaStore:
         self._file_ids = np.zeros(0, np.int64)  # ... its tile ids in file order (sorted)
         self._rg_bounds = np.zeros(1, np.int64)  # ... first row of each row group
         self._extra: pd.DataFrame | None = None  # ... and rows added since loading
+        self._pf = None  # the open parquet file, for joins on hits
 
     # -- construction -----------------------------------------------------------------------
 
@@ -171,7 +172,9 @@ class MetaStore:
 
         pos = np.searchsorted(self._file_ids, uniq)
         rg = np.searchsorted(self._rg_bounds, pos, side="right") - 1
-        pf = pq.ParquetFile(self._path)
+        if self._pf is None:
+            self._pf = pq.ParquetFile(self._path)
+        pf = self._pf
         pieces = []
         for g in np.unique(rg):
             tbl = pf.read_row_group(int(g), columns=[T.TILE_ID, *cols], use_pandas_metadata=False)

@@ -227,6 +227,12 @@ def load(
     if segments:
         from mmpath.index._ondisk import Parts
 
+        if gpu:
+            raise IndexError_(
+                "an on-disk index is searched on the CPU (its lists are memory-mapped); "
+                "pass gpu=False"
+            )
+        gpu = False
         parts = Parts.load(path, segments)
         index = parts.view
     else:

@@ -351,3 +351,24 @@ def test_cli_build_add_search_over_an_archive_folder(archive, tmp_path, capsys):
     hits = pd.DataFrame(json.loads(capsys.readouterr().out))
     assert len(hits) == 12 and (hits.groupby("query")["score"].max() > 0.999).all()
     assert set(hits.loc[hits["rank"] == 1, K.SLIDE_ID]) == {"S5_0"}
+
+
+def test_damaged_tiles_are_left_out_of_a_file_build(tmp_path):
+    tables, paths = [], []
+    for i in range(3):
+        t = _slide(i, per=200)
+        t.obs[K.TILE_OK] = np.arange(t.n_obs) % 7 != 3  # every 7th tile could not be read
+        paths.append(tmp_path / f"d{i}.h5ad")
+        mm.io.write_h5ad(t, paths[-1])
+        tables.append(t)
+    ram = mm.index.build(tables, use_rep=REP, factory="IVF8,Flat", params={"nprobe": 8})
+    disk = mm.index.build(paths, use_rep=REP, factory="IVF8,Flat", params={"nprobe": 8},
+                          workers=2)  # fmt: skip
+    assert len(disk) == len(ram) == sum(int(t.obs[K.TILE_OK].sum()) for t in tables)
+    q = _queries(tables, 10)
+    pd.testing.assert_frame_equal(disk.search(q, 5), ram.search(q, 5))
+    assert (
+        not disk.search(q, 50)["obs_name"]
+        .isin([n for t in tables for n in t.obs_names[~t.obs[K.TILE_OK].to_numpy()]])
+        .any()
+    )
