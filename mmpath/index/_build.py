@@ -92,6 +92,8 @@ def build(
     if paths is not None:
         return _build_files(paths, use_rep, factory, params, gpu, seed, int(workers), out)
     tables = T.as_tables(adata)
+    if workers > 1:
+        log.info("tables in memory are indexed in one process; workers apply to table files")
     got = T.collect(tables, use_rep, 0)
     n = len(got.vectors)
     if n == 0:

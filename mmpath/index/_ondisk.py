@@ -44,8 +44,9 @@ from mmpath.index import _tables as T
 
 log = logging.getLogger(__name__)
 
-#: Vectors per block file: bounds what one worker holds in memory.
-BLOCK_MAX = 2_000_000
+#: Bytes of codes + ids per block file: bounds what one worker holds in memory (faiss grows
+#: each inverted list by doubling, so a worker peaks below twice this plus one table).
+BLOCK_BYTES = 256 * 2**20
 HEADER = "index.faiss"
 SEGMENT = "seg-{:05d}"
 
@@ -109,7 +110,8 @@ def build_blocks(sc: S.Scan, index, use_rep: str, workdir: Path, *, workers: int
     fa = F.faiss()
     trained = workdir / "trained.faiss"
     fa.write_index(index, str(trained))
-    n_tasks = max(int(workers), math.ceil(sc.n / BLOCK_MAX))
+    per_vector = F.faiss().extract_index_ivf(index).code_size + 8
+    n_tasks = max(int(workers), math.ceil(sc.n * per_vector / BLOCK_BYTES))
     tasks = [
         {
             "trained": str(trained),
