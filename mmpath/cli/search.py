@@ -28,7 +28,7 @@ def register(sub) -> None:
     isub.required = True
 
     b = isub.add_parser("build", help="index the tiles of embedded tile tables")
-    b.add_argument("tables", nargs="+", help="embedded tile tables (.h5ad)")
+    b.add_argument("tables", nargs="+", help="embedded tile tables (.h5ad) or archive folders")
     b.add_argument(
         "--use-rep",
         required=True,
@@ -43,6 +43,12 @@ def register(sub) -> None:
         metavar="NAME=VALUE",
         help="query-time default: nprobe=32, efSearch=128, k_factor=8 (repeatable)",
     )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes adding blocks of tables in parallel (IVF indexes, merged on disk)",
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
     b.add_argument("--center", action="store_true", help="centre vectors on their build-time mean")
     b.add_argument("--whiten", action="store_true", help="centre and whiten (implies --center)")
@@ -50,7 +56,7 @@ def register(sub) -> None:
 
     a = isub.add_parser("add", help="add tile tables to an index")
     a.add_argument("index", help="index directory")
-    a.add_argument("tables", nargs="+", help="embedded tile tables (.h5ad)")
+    a.add_argument("tables", nargs="+", help="embedded tile tables (.h5ad) or archive folders")
     a.set_defaults(func=cmd_add)
 
     r = isub.add_parser("remove", help="remove slides from an index")
@@ -147,18 +153,34 @@ def parse_params(items: list[str]) -> dict:
     return check_params(out)
 
 
-def _read_tables(paths, args):
-    from mmpath import io
-    from mmpath.io import _prov
+def _table_paths(items, args) -> list[Path]:
+    """Table files from the command line: files as given, folders as archives (the archive's
+    tables through ``mmpath.archive.open`` when installed, else every ``*.h5ad`` below)."""
+    from mmpath.cli._common import warn
+    from mmpath.index._source import read_light
 
-    tables = []
-    for p in progress(paths, args, desc="reading", unit="table"):
-        t = io.read_h5ad(p)
-        if skip_table(t, p):  # a slide table or an empty table
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if not item.is_dir():
+            paths.append(item)
             continue
-        _prov.require_tile_table(t, repr(str(p)))  # name the file, not "table 3 of 7"
-        tables.append(t)
-    return tables
+        try:
+            from mmpath.archive import open as open_archive
+        except ImportError:
+            found = sorted(item.rglob("*.h5ad"))
+        else:
+            found = [Path(p) for p in open_archive(item).table_paths()]
+        if not found:
+            raise IndexError_(f"{str(item)!r} holds no .h5ad tile tables")
+        paths += found
+    kept = []
+    for p in progress(paths, args, desc="checking", unit="table"):
+        if p.is_file() and skip_table(read_light(p), p):  # a slide table or an empty table
+            continue
+        kept.append(p)
+    if not kept:
+        warn("no tile tables to index")
+    return kept
 
 
 def cmd_build(args) -> int:
@@ -172,20 +194,27 @@ def cmd_build(args) -> int:
     from mmpath.io._atomic import recover
 
     recover(out)  # leftovers of a crashed earlier build (index folders can be large)
-    tables = _read_tables(args.tables, args)
+    source = _table_paths(args.tables, args)
+    if args.center or args.whiten:  # centring statistics are learnt from tables in memory
+        from mmpath import io
+
+        source = [io.read_h5ad(p) for p in source]
     idx = index.build(
-        tables,
+        source,
         use_rep=args.use_rep,
         factory=args.factory,
         params=parse_params(args.param) or None,
+        workers=args.workers,
+        out=out,
         center=args.center or args.whiten,
         whiten=args.whiten,
     )
-    idx.save(out)
     caveat((idx.manifest.get("embedding") or {}).get("caveat"))
+    where = "on disk, " if idx.on_disk else ""
     summary(
         args,
-        f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r} -> {out}",
+        f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r} "
+        f"({where}{args.workers} worker(s)) -> {out}",
     )
     return 0
 
@@ -193,11 +222,12 @@ def cmd_build(args) -> int:
 def cmd_add(args) -> int:
     from mmpath import index
 
-    idx = index.load(args.index)
-    n = sum(idx.add(t) for t in _read_tables(args.tables, args))
-    idx.save(args.index)
+    before = index.read_manifest(args.index)["n_vectors"]
+    idx = index.add(args.index, _table_paths(args.tables, args))
     summary(
-        args, f"added {n} tiles; the index holds {len(idx)} tiles of {len(idx.slide_ids)} slide(s)"
+        args,
+        f"added {len(idx) - before} tiles; the index holds {len(idx)} tiles of "
+        f"{len(idx.slide_ids)} slide(s)",
     )
     return 0
 

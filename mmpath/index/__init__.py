@@ -12,7 +12,7 @@ Example
 
 from __future__ import annotations
 
-from mmpath.index._build import build
+from mmpath.index._build import add, build
 from mmpath.index._filter import FILTER_HELP, check_filter, filter_mask
 from mmpath.index._store import load, read_manifest
 from mmpath.index.evaluate import (
@@ -41,6 +41,7 @@ def choose_factory(n: int, dim: int) -> str:
 __all__ = [
     "TileIndex",
     "build",
+    "add",
     "load",
     "read_manifest",
     "filter_mask",

@@ -179,26 +179,46 @@ def inner(index):
     return top
 
 
+def train_rows(index, n: int, *, seed: int = 0) -> np.ndarray | None:
+    """Sorted rows of the seeded training sample among ``n`` vectors (``None``: all of them).
+
+    The same rows are drawn whether the vectors are in memory or read table by table from an
+    archive, so both builds train the same quantizer.
+    """
+    ivf = faiss().try_extract_index_ivf(index)
+    per = TRAIN_PER_LIST * (ivf.nlist if ivf is not None else 256)
+    n_train = int(min(n, max(per, 10_000), TRAIN_MAX))
+    if n_train >= n:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, n_train, replace=False))
+
+
 def train(index, x: np.ndarray, *, seed: int = 0) -> None:
     """Train ``index`` on a seeded sample of ``x`` (no-op for indexes that need none)."""
     if index.is_trained:
         return
+    rows = train_rows(index, len(x), seed=seed)
+    fit(index, x if rows is None else x[rows], seed=seed, n_total=len(x))
+
+
+def fit(index, sample: np.ndarray, *, seed: int = 0, n_total: int | None = None) -> None:
+    """Train ``index`` on exactly ``sample`` (drawn by :func:`train_rows`)."""
+    if index.is_trained:
+        return
     fa = faiss()
     ivf = fa.try_extract_index_ivf(index)
-    per = TRAIN_PER_LIST * (ivf.nlist if ivf is not None else 256)
-    n_train = int(min(len(x), max(per, 10_000), TRAIN_MAX))
-    rng = np.random.default_rng(seed)
-    sample = x if n_train >= len(x) else x[np.sort(rng.choice(len(x), n_train, replace=False))]
+    n_total = len(sample) if n_total is None else n_total
     if ivf is not None:
         ivf.cp.niter = 10  # faiss' default (25) buys little recall for 2.5x the time
         ivf.cp.seed = seed
     _no_polysemous(index)
-    log.info("training %s on %d of %d vectors", type(index).__name__, len(sample), len(x))
+    log.info("training %s on %d of %d vectors", type(index).__name__, len(sample), n_total)
     try:
         index.train(np.ascontiguousarray(sample, np.float32))
     except RuntimeError as err:
         raise IndexError_(
-            f"training the index failed ({_first_line(err)}); with {len(x)} vectors use a "
+            f"training the index failed ({_first_line(err)}); with {n_total} vectors use a "
             "smaller factory (fewer IVF lists) or factory='Flat'"
         ) from None
 

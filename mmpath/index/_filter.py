@@ -179,7 +179,7 @@ def _short(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def _parse(where: str, columns: Iterable[str]):
+def _parse(where: str, columns: Iterable[str], checker: _Checker | None = None):
     if not isinstance(where, str):
         raise FilterError(f"a filter must be a string, got {type(where).__name__}")
     text = where.strip()
@@ -197,7 +197,7 @@ def _parse(where: str, columns: Iterable[str]):
         msg = getattr(err, "msg", None) or type(err).__name__
         raise FilterError(f"filter {_short(text)} does not parse ({msg}); {FILTER_HELP}") from None
     try:
-        return _Checker(columns).cond(tree.body)
+        return (checker or _Checker(columns)).cond(tree.body)
     except RecursionError:
         raise FilterError(f"filter nests deeper than {MAX_DEPTH} levels") from None
 
@@ -309,3 +309,25 @@ def filter_mask(metadata: pd.DataFrame, where: str) -> np.ndarray:
     tree = _parse(where, metadata.columns)
     out = _eval(metadata, tree)
     return np.asarray(out, dtype=bool).reshape(len(metadata))
+
+
+class _Recorder(_Checker):
+    """A checker that also notes the columns a filter names."""
+
+    def __init__(self, columns: Iterable[str]) -> None:
+        super().__init__(columns)
+        self.used: list[str] = []
+
+    def column(self, node: ast.AST) -> str:
+        name = super().column(node)
+        if name not in self.used:
+            self.used.append(name)
+        return name
+
+
+def filter_columns(where: str, columns: Iterable[str]) -> list[str]:
+    """The columns ``where`` names (checked as :func:`check_filter` does, not evaluated), so a
+    filter over metadata kept on disk reads only those columns."""
+    rec = _Recorder(columns)
+    _parse(where, columns, checker=rec)
+    return rec.used

@@ -15,9 +15,11 @@ HIT_COLUMNS = ("query", "rank", "score", T.TILE_ID)
 
 
 def hits_frame(
-    D: np.ndarray, nbr: np.ndarray, meta: pd.DataFrame, *, keep: np.ndarray | None = None
+    D: np.ndarray, nbr: np.ndarray, meta, *, keep: np.ndarray | None = None
 ) -> pd.DataFrame:
     """One row per (query, rank) with the hit's metadata; ``-1`` ids are left out.
+
+    ``meta`` is the index's :class:`~mmpath.index._meta.MetaStore`: only the hits' rows are read.
 
     ``keep`` (bool, like ``nbr``) selects hits; ranks count the kept hits from 1.
     """
@@ -38,14 +40,14 @@ def hits_frame(
             T.TILE_ID: ids.astype(np.int64),
         }
     )
-    info = meta.loc[ids].reset_index(drop=True)
+    info = meta.rows(ids).reset_index(drop=True)
     return pd.concat([out, info], axis=1)
 
 
 def drop_neighbours(
     D,
     nbr,
-    meta: pd.DataFrame,
+    meta,
     query_tiles: pd.DataFrame | None,
     radius: float | None,
     min_distance: float | None,
@@ -61,7 +63,6 @@ def drop_neighbours(
     m2 = _sq(min_distance)
     keep = np.zeros(nbr.shape, bool)
     valid = nbr >= 0
-    sid = meta[K.SLIDE_ID].astype(str)
     short = False
     qs = qx = qy = None
     if r2 is not None and query_tiles is not None and K.SLIDE_ID in query_tiles:
@@ -70,9 +71,8 @@ def drop_neighbours(
         qy = query_tiles[K.Y].to_numpy(float)
     for i in range(nbr.shape[0]):
         ids = nbr[i][valid[i]]
-        s = sid.loc[ids].to_numpy()
-        x = meta.loc[ids, K.X].to_numpy(float)
-        y = meta.loc[ids, K.Y].to_numpy(float)
+        s = meta.slides_of(ids)
+        x, y = meta.xy(ids)
         ok = np.ones(len(ids), bool)
         if qs is not None:
             ok &= ~((s == qs[i]) & ((x - qx[i]) ** 2 + (y - qy[i]) ** 2 <= r2))
@@ -112,7 +112,7 @@ def constant_per_slide(meta: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def slide_votes(D, nbr, meta: pd.DataFrame, slide_meta: pd.DataFrame, k: int) -> pd.DataFrame:
+def slide_votes(D, nbr, meta, slide_meta: pd.DataFrame, k: int) -> pd.DataFrame:
     """Rank slides by how many query tiles hit them (one vote per query tile and slide)."""
     valid = nbr >= 0
     q, col = np.nonzero(valid)
@@ -131,9 +131,7 @@ def slide_votes(D, nbr, meta: pd.DataFrame, slide_meta: pd.DataFrame, k: int) ->
     hits = pd.DataFrame(
         {
             "q": q,
-            K.SLIDE_ID: meta[K.SLIDE_ID]
-            .astype(str)
-            .to_numpy()[meta.index.get_indexer(nbr[q, col])],
+            K.SLIDE_ID: meta.slides_of(nbr[q, col]).astype(str),
             "score": D[q, col].astype(float),
         }
     )
@@ -180,7 +178,7 @@ def tiles_table(idx, hits):
         ids = hits[T.TILE_ID].to_numpy(np.int64)
     else:
         ids = np.asarray(hits, np.int64).ravel()
-    meta = idx.metadata.loc[ids]
+    meta = idx._meta.rows(ids)
     obs = meta.drop(columns=[T.OBS_NAME]).copy()
     names = meta[T.OBS_NAME].astype(str).to_numpy()
     if len(set(names)) < len(names):  # the same tile hit by two queries: keep rows apart

@@ -7,7 +7,11 @@
     One row per tile, indexed by tile id.
 ``manifest.json``
     Encoder, embedding key, dim, normalisation, factory, query defaults, counts, slide
-    provenance, mmpath/faiss versions and the sha256 of the other two files. Written last.
+    provenance, mmpath/faiss versions and the sha256 of every other file. Written last.
+
+An on-disk index (built from an archive, format version 2) has instead of one faiss file a
+header ``index.faiss`` (the trained, empty IVF) and immutable segments ``seg-NNNNN.faiss`` +
+``seg-NNNNN.ivfdata`` (inverted lists, memory-mapped at load), listed under ``segments``.
 
 Loading checks the manifest against the files (format, checksums, counts, dim), so a damaged
 or mismatched index is refused with a clear error instead of answering wrongly.
@@ -22,22 +26,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from mmpath import _keys as K
 from mmpath._version import __version__
 from mmpath.errors import IndexError_
 from mmpath.index import _faiss as F
-from mmpath.index import _tables as T
+from mmpath.index._meta import MetaStore
 from mmpath.io._atomic import atomic_path, interrupted_hint, recover
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mmpath-tile-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: on-disk segments; indexes without them are still written as 1
 INDEX_FILE = "index.faiss"
 META_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
+#: Indexes with up to this many tiles hold all their metadata in memory once loaded; above,
+#: only tile id, slide, x, y (the rest is read from the parquet file for the hits).
+MEMORY_MAX = 1_000_000
 
 
 def sha256(path: Path) -> str:
@@ -62,20 +67,26 @@ def save(idx, path: str | os.PathLike[str]) -> Path:
         raise IndexError_(f"{str(path)!r} exists and is not an mmpath index; pick a new directory")
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
-        write_index(idx.index, tmp / INDEX_FILE)
-        idx.metadata.to_parquet(tmp / META_FILE)
+        names = [INDEX_FILE, META_FILE]
         manifest = dict(idx.manifest)
+        if idx._parts is not None:
+            names = [*idx._parts.save(tmp), META_FILE]
+            manifest["segments"] = [n[: -len(".faiss")] for n in names[1:-1:2]]
+        else:
+            write_index(idx.index, tmp / INDEX_FILE)
+            manifest.pop("segments", None)
+        idx._meta.write(tmp / META_FILE)
         manifest.update(
             {
                 "format": FORMAT,
-                "format_version": FORMAT_VERSION,
+                "format_version": 2 if idx._parts is not None else 1,
                 "n_vectors": int(idx.index.ntotal),
                 "n_slides": len(idx.slide_ids),
                 "mmpath_version": __version__,
                 "faiss_version": F.faiss().__version__,
                 "files": {
                     name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                    for name in (INDEX_FILE, META_FILE)
+                    for name in names
                 },
             }
         )
@@ -137,7 +148,13 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise IndexError_(f"{where} has a malformed {key} {v!r}; rebuild the index")
     files = manifest["files"]
-    for name in (INDEX_FILE, META_FILE):
+    segments = manifest.get("segments", [])
+    if not isinstance(segments, list) or not all(
+        isinstance(n, str) and n.startswith("seg-") and "/" not in n for n in segments
+    ):
+        raise IndexError_(f"{where} has malformed segments; rebuild the index")
+    needed = [INDEX_FILE, META_FILE] + [f"{n}{x}" for n in segments for x in (".faiss", ".ivfdata")]
+    for name in needed:
         rec = files.get(name) if isinstance(files, dict) else None
         ok = (
             isinstance(rec, dict)
@@ -202,7 +219,9 @@ def load(
                 f"the index at {str(path)!r} holds {key} {have!r}, not {want!r}; query it with "
                 f"{have!r} or build an index for {want!r}"
             )
-    for name in (INDEX_FILE, META_FILE):
+    segments = manifest.get("segments", [])
+    needed = [INDEX_FILE, META_FILE] + [f"{n}{x}" for n in segments for x in (".faiss", ".ivfdata")]
+    for name in needed:
         rec = manifest["files"][name]
         f = path / name
         if not f.is_file():
@@ -213,14 +232,32 @@ def load(
                 "edited); restore it or rebuild the index"
             )
     fa = F.faiss()
-    flags = fa.IO_FLAG_MMAP | fa.IO_FLAG_READ_ONLY if mmap else 0
+    parts = None
+    if segments:
+        from mmpath.index._ondisk import Parts
+
+        if gpu:
+            raise IndexError_(
+                "an on-disk index is searched on the CPU (its lists are memory-mapped); "
+                "pass gpu=False"
+            )
+        gpu = False
+        parts = Parts.load(path, segments)
+        index = parts.view
+    else:
+        flags = fa.IO_FLAG_MMAP | fa.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            index = fa.read_index(str(path / INDEX_FILE), flags)
+        except RuntimeError as err:
+            raise IndexError_(
+                f"faiss cannot read {path / INDEX_FILE} ({F._first_line(err)})"
+            ) from None
     try:
-        index = fa.read_index(str(path / INDEX_FILE), flags)
-    except RuntimeError as err:
-        raise IndexError_(f"faiss cannot read {path / INDEX_FILE} ({F._first_line(err)})") from None
-    meta = pd.read_parquet(path / META_FILE)
-    meta.index = meta.index.astype("int64")
-    meta.index.name = T.TILE_ID
+        meta = MetaStore.from_parquet(path / META_FILE)
+    except (OSError, ValueError, KeyError) as err:
+        raise IndexError_(f"cannot read {path / META_FILE} ({err}); rebuild the index") from None
+    if len(meta) <= MEMORY_MAX:  # small: hold every column, as an in-memory build does
+        meta = MetaStore.from_frame(meta.frame())
     n = int(manifest.get("n_vectors", -1))
     if index.ntotal != n or len(meta) != n or index.d != int(manifest["dim"]):
         raise IndexError_(
@@ -230,4 +267,4 @@ def load(
         )
     for key in ("format", "format_version", "files", "n_vectors", "n_slides", "faiss_version"):
         manifest.pop(key, None)
-    return TileIndex(index, meta, manifest, gpu=gpu)
+    return TileIndex(index, meta, manifest, gpu=gpu, parts=parts)

@@ -146,7 +146,7 @@ def evaluate(
     -------
     >>> mm.index.evaluate(idx, tiles, label="tissue_type", k=(1, 5))
     """
-    if label not in index.metadata or label not in queries.obs:
+    if label not in index.columns or label not in queries.obs:
         raise DataError(f"label column {label!r} must be in the index metadata and the queries")
     kmax = max(k)
     hits = index.search_image(queries, k=kmax, drop_neighbours=drop_neighbours)

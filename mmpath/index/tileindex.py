@@ -22,7 +22,7 @@ from mmpath.index import _faiss as F
 from mmpath.index import _query as Q
 from mmpath.index import _results as R
 from mmpath.index import _tables as T
-from mmpath.index._filter import filter_mask
+from mmpath.index._meta import MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,17 @@ class TileIndex:
     """
 
     def __init__(
-        self, index, metadata: pd.DataFrame, manifest: dict[str, Any], *, gpu: bool | None = None
+        self,
+        index,
+        metadata,
+        manifest: dict[str, Any],
+        *,
+        gpu: bool | None = None,
+        parts=None,
     ) -> None:
         self.index = index
-        self.metadata = metadata
+        self._meta = metadata if isinstance(metadata, MetaStore) else MetaStore.from_frame(metadata)
+        self._parts = parts  # on-disk segments (mmpath.index._ondisk.Parts) or None
         self.manifest = manifest
         self._gpu_flag = gpu
         F.apply_params(index, self.params)
@@ -79,7 +86,29 @@ class TileIndex:
 
     @property
     def slide_ids(self) -> list[str]:
-        return [str(s) for s in pd.unique(self.metadata[K.SLIDE_ID].astype(str))]
+        return self._meta.slide_ids()
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """Every tile's metadata, indexed by tile id.
+
+        An index loaded from disk keeps only tile id, slide, x and y in memory (see
+        :mod:`mmpath.index._meta`); this reads the rest of the file once, so at archive scale
+        prefer the search results (which carry the hits' metadata) and :attr:`columns`.
+        """
+        frame = self._meta.frame()
+        self._meta = MetaStore.from_frame(frame) if self._meta._frame is None else self._meta
+        return frame
+
+    @property
+    def columns(self) -> list[str]:
+        """The metadata column names (usable in ``where=`` filters)."""
+        return list(self._meta.columns)
+
+    @property
+    def on_disk(self) -> bool:
+        """True when the inverted lists live in ``.ivfdata`` files, memory-mapped."""
+        return self._parts is not None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -88,7 +117,8 @@ class TileIndex:
         return (
             f"TileIndex({len(self)} tiles, {len(self.slide_ids)} slides, "
             f"{self.embedding_key} dim {self.dim}, {self.factory!r}, "
-            f"encoder {self.encoder!r}{', gpu' if self._gpu is not None else ''})"
+            f"encoder {self.encoder!r}{', on disk' if self._parts is not None else ''}"
+            f"{', gpu' if self._gpu is not None else ''})"
         )
 
     def set_params(self, **params: Any) -> None:
@@ -174,8 +204,7 @@ class TileIndex:
         The filter is parsed and evaluated by :mod:`mmpath.index._filter`, never by
         ``DataFrame.query``, so a filter from a browser or a command line cannot run code.
         """
-        mask = filter_mask(self.metadata, where)
-        return self.metadata.index.to_numpy(np.int64)[mask]
+        return self._meta.filter_ids(where)
 
     def _check_k(self, k: int) -> None:
         n = self.index.ntotal
@@ -233,12 +262,12 @@ class TileIndex:
         while True:
             D, nbr = self.search_vectors(x, fetch, where=where, params=params, encoder=encoder)
             if not dropping:
-                return R.hits_frame(D, nbr, self.metadata)
+                return R.hits_frame(D, nbr, self._meta)
             keep, short = R.drop_neighbours(
-                D, nbr, self.metadata, query_tiles, drop_neighbours, min_distance, int(k)
+                D, nbr, self._meta, query_tiles, drop_neighbours, min_distance, int(k)
             )
             if not short or fetch >= n:
-                return R.hits_frame(D, nbr, self.metadata, keep=keep)
+                return R.hits_frame(D, nbr, self._meta, keep=keep)
             fetch = min(n, fetch * 4)
 
     def search_image(
@@ -410,18 +439,28 @@ class TileIndex:
             where = clause if where is None else f"({where}) and {clause}"
         tk = min(int(tiles_k), len(self))
         D, nbr = self.search_vectors(vecs, tk, where=where, params=params, encoder=enc_name)
-        return R.slide_votes(D, nbr, self.metadata, self.slide_metadata(), int(k))
+        return R.slide_votes(D, nbr, self._meta, self.slide_metadata(), int(k))
 
     def slide_metadata(self) -> pd.DataFrame:
         """One row per slide: the metadata columns that are constant within every slide."""
         if self._slide_meta is None:
-            self._slide_meta = R.constant_per_slide(self.metadata)
+            self._slide_meta = self._meta.slide_table()
         return self._slide_meta
 
     # -- changing the index ------------------------------------------------------------------
 
     def add(self, adata) -> int:
-        """Add the tiles of one or more tile tables (embedded with the same encoder and key).
+        """Add the tiles of more tile tables (same encoder and key), without a rebuild.
+
+        Parameters
+        ----------
+        adata
+            A tile table, a list of them, a list of ``.h5ad`` paths or an archive view
+            (anything with ``table_paths()``); files are read one at a time. New slides
+            only: a slide already in the index, another encoder or another dim is refused
+            before anything is added. IVF indexes add with their trained quantizer; an
+            on-disk index gets a new segment (written by :meth:`save`), the existing
+            ``.ivfdata`` files are never rewritten.
 
         Returns
         -------
@@ -429,34 +468,11 @@ class TileIndex:
 
         Example
         -------
-        >>> idx.add(mm.io.read_h5ad("new/S42.h5ad"))
+        >>> idx.add(["new/S42.h5ad", "new/S43.h5ad"])
         """
-        tables = T.as_tables(adata)
-        got = T.collect(tables, self.embedding_key, int(self.manifest["next_id"]))
-        if len(got.vectors) == 0:
-            return 0
-        if got.vectors.shape[1] != self.dim:
-            raise IndexError_(
-                f"obsm[{self.embedding_key!r}] of the new tables has dim {got.vectors.shape[1]} "
-                f"but the index holds {self.dim}-d vectors"
-            )
-        self.check_encoder(got.embedding.get("encoder"))
-        dup = set(got.meta[K.SLIDE_ID].astype(str)) & set(self.slide_ids)
-        if dup:
-            raise IndexError_(
-                f"slide(s) {sorted(dup)[:5]} are already in the index; remove them first "
-                "(idx.remove(...)) to replace them"
-            )
-        vectors = _center.apply(got.vectors, self.manifest.get("center"))
-        self.index.add_with_ids(vectors, got.meta.index.to_numpy(np.int64))
-        self.metadata = T.append(self.metadata, got.meta)
-        self.manifest["next_id"] = int(got.meta.index.max()) + 1
-        self.manifest.setdefault("slides", {}).update(got.slides)
-        if not self.encoder and got.embedding.get("encoder"):
-            self.manifest["encoder"] = got.embedding["encoder"]
-        self._changed()
-        log.info("added %d tiles of %d slide(s)", len(got.vectors), got.meta[K.SLIDE_ID].nunique())
-        return len(got.vectors)
+        from mmpath.index._change import add
+
+        return add(self, adata)
 
     def remove(self, slides: str | Sequence[str]) -> int:
         """Remove every tile of the given slides.
@@ -469,23 +485,9 @@ class TileIndex:
         -------
         >>> idx.remove(["S1", "S2"])
         """
-        slides = [slides] if isinstance(slides, str) else [str(s) for s in slides]
-        unknown = sorted(set(slides) - set(self.slide_ids))
-        if unknown:
-            raise IndexError_(f"slide(s) {unknown[:5]} are not in the index")
-        mask = self.metadata[K.SLIDE_ID].astype(str).isin(slides).to_numpy()
-        ids = self.metadata.index.to_numpy(np.int64)[mask]
-        removed = F.remove(self.index, ids)
-        if removed != len(ids):
-            raise IndexError_(f"faiss removed {removed} of {len(ids)} tiles; rebuild the index")
-        self.metadata = self.metadata.loc[~mask].copy()
-        if K.SLIDE_ID in self.metadata:
-            self.metadata[K.SLIDE_ID] = self.metadata[K.SLIDE_ID].cat.remove_unused_categories()
-        for sid in slides:
-            self.manifest.get("slides", {}).pop(sid, None)
-        self._changed()
-        log.info("removed %d tiles of %d slide(s)", removed, len(slides))
-        return removed
+        from mmpath.index._change import remove
+
+        return remove(self, slides)
 
     def _changed(self) -> None:
         self._id_map = None
@@ -513,6 +515,13 @@ class TileIndex:
         -------
         >>> idx.save("archive.idx")
         """
-        from mmpath.index._store import save
+        from mmpath.index._store import load, save
 
-        return save(self, path)
+        out = save(self, path)
+        if self._parts is not None or self._meta._frame is None:
+            # the files this index reads from may have been replaced: read the saved ones
+            back = load(out, verify=False, gpu=False)
+            self.index, self._parts, self._meta = back.index, back._parts, back._meta
+            F.apply_params(self.index, self.params)
+            self._changed()
+        return out

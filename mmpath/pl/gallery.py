@@ -19,7 +19,7 @@ __all__ = ["gallery"]
 def _hit_pixels(hits: pd.DataFrame, source, remap) -> np.ndarray:
     from mmpath.io import read_tiles
 
-    if hasattr(source, "tiles") and hasattr(source, "metadata"):  # a TileIndex
+    if hasattr(source, "tiles") and hasattr(source, "search_vectors"):  # a TileIndex
         table = source.tiles(hits)
     elif hasattr(source, "obs"):
         if "obs_name" not in hits:
