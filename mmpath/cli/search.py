@@ -154,8 +154,9 @@ def parse_params(items: list[str]) -> dict:
 
 
 def _table_paths(items, args) -> list[Path]:
-    """Table files from the command line: files as given, folders as archives (the archive's
-    tables through ``mmpath.archive.open`` when installed, else every ``*.h5ad`` below)."""
+    """Table files from the command line: files as given; a folder made by ``mmpath archive
+    run`` gives its finished tables (``mmpath.archive.open``), any other folder every
+    ``*.h5ad`` below it."""
     from mmpath.cli._common import warn
     from mmpath.index._source import read_light
 
@@ -164,12 +165,13 @@ def _table_paths(items, args) -> list[Path]:
         if not item.is_dir():
             paths.append(item)
             continue
-        try:
-            from mmpath.archive import open as open_archive
-        except ImportError:
-            found = sorted(item.rglob("*.h5ad"))
-        else:
+        from mmpath.archive import open as open_archive
+        from mmpath.archive.store import ArchiveStore
+
+        if ArchiveStore(item).exists():  # an archive: its finished tables only
             found = [Path(p) for p in open_archive(item).table_paths()]
+        else:  # a plain folder of tables
+            found = sorted(item.rglob("*.h5ad"))
         if not found:
             raise IndexError_(f"{str(item)!r} holds no .h5ad tile tables")
         paths += found
