@@ -67,7 +67,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             # os.replace cannot swap a non-empty directory: move the old one aside first.
             old = _sibling(target, _OLD)
             _remove(old)
-            _fsync_dir(target.parent)
+            _fsync(target.parent)
             os.replace(target, old)
             try:
                 _swap_hook()
@@ -76,11 +76,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
                 if not target.exists():  # an error (not a kill) between the renames
                     os.replace(old, target)
                 raise
-            _fsync_dir(target.parent)
+            _fsync(target.parent)
             _remove(old)
         else:
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            _fsync(target.parent)
     finally:
         _remove(tmp)
 
@@ -149,7 +149,7 @@ def recover(target: str | os.PathLike[str]) -> Path | None:
             os.replace(src, target)
         except FileNotFoundError:  # another process recovered it first
             return None
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
         restored = src
         log.warning(
             "recovered %s from %s left by an interrupted write (process %d)", target, src.name, pid
@@ -175,18 +175,9 @@ def interrupted_hint(target: str | os.PathLike[str]) -> str:
     return f" (an interrupted write left {', '.join(names)} in {str(target.parent)!r})"
 
 
-def _fsync_file(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so the renames/creations in it reach the disk (no-op where
-    directories cannot be opened, e.g. Windows)."""
+def _fsync(path: Path) -> None:
+    """fsync a file, or a directory so the renames/creations in it reach the disk (a no-op
+    where directories cannot be opened, e.g. Windows)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -204,10 +195,10 @@ def _fsync_tree(path: Path) -> None:
             for f in files:
                 p = Path(root) / f
                 if not p.is_symlink():
-                    _fsync_file(p)
-            _fsync_dir(Path(root))
+                    _fsync(p)
+            _fsync(Path(root))
     else:
-        _fsync_file(path)
+        _fsync(path)
 
 
 def check_replaceable(target: str | os.PathLike[str], markers: tuple[str, ...], what: str) -> None:

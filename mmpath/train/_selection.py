@@ -29,6 +29,9 @@ __all__ = ["BestCheckpoint", "collapse_warning"]
 BEST = "best.pt"
 
 
+_BEST_KEYS = ("model", "value", "epoch")
+
+
 class BestCheckpoint:
     """The best-so-far trainable weights by one validation metric (higher is better).
 
@@ -53,7 +56,7 @@ class BestCheckpoint:
         self.value = -math.inf
         self.epoch: int | None = None
         if self.path.is_file() and ckpt.checkpoint_path(out).is_file():
-            state = ckpt.load_checkpoint(self.path)
+            state = ckpt.load_checkpoint(self.path, needed=_BEST_KEYS)
             self.value, self.epoch = float(state["value"]), int(state["epoch"])
 
     def update(self, module: nn.Module, value: float, *, epoch: int) -> bool:
@@ -76,7 +79,7 @@ class BestCheckpoint:
         """Load the best weights into ``module``; ``False`` when none was recorded."""
         if self.epoch is None or not self.path.is_file():
             return False
-        ckpt.load_trainable(module, ckpt.load_checkpoint(self.path)["model"])
+        ckpt.load_trainable(module, ckpt.load_checkpoint(self.path, needed=_BEST_KEYS)["model"])
         log.info(
             "exporting the best validation checkpoint: epoch %d, %s=%.4f",
             self.epoch,

@@ -77,8 +77,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     log.debug("checkpoint written: %s (step %s)", path, state.get("step"))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``)."""
+def load_checkpoint(
+    path: Path, needed: tuple[str, ...] = ("step", "model", "optimizer", "scheduler")
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``); ``needed``
+    are the keys it must hold (a resumable training state by default)."""
     if not path.is_file():
         raise ConfigError(
             f"no checkpoint at {str(path)!r} to resume from; run without --resume to start afresh"
@@ -95,7 +98,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"the checkpoint {str(path)!r} {kind}; delete it and run without --resume to "
             "start afresh"
         ) from None
-    needed = ("step", "model", "optimizer", "scheduler")
     if not isinstance(state, dict) or not all(k in state for k in needed):
         raise ConfigError(
             f"{str(path)!r} is not an mmpath training checkpoint; delete it and run without "
