@@ -212,11 +212,11 @@ def cmd_build(args) -> int:
         whiten=args.whiten,
     )
     caveat((idx.manifest.get("embedding") or {}).get("caveat"))
-    where = "on disk, " if idx.on_disk else ""
+    where = f" (on disk, {args.workers} worker(s))" if idx.on_disk else " (in memory)"
     summary(
         args,
-        f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r} "
-        f"({where}{args.workers} worker(s)) -> {out}",
+        f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r}"
+        f"{where} -> {out}",
     )
     return 0
 
