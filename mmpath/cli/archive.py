@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mmpath.cli._common import input_error, summary
+from mmpath.cli._common import caveat, input_error, summary
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,21 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_status)
 
 
+def _say_caveats(out) -> None:
+    """The demo/random-weight caveat of each encoder, as recorded in one finished table (one
+    line each, like every verb that runs an encoder)."""
+    from mmpath import _keys as K
+    from mmpath.archive import open as open_archive
+    from mmpath.index._source import read_light
+    from mmpath.io import _prov
+
+    paths = open_archive(out).table_paths()
+    if paths:
+        recs = _prov.plain(read_light(paths[0]).uns[K.UNS].get(K.UNS_EMBEDDINGS, {}))
+        for rec in recs.values():
+            caveat(rec.get("caveat"))
+
+
 def cmd_run(args) -> int:
     from mmpath.archive import run
     from mmpath.archive.config import load_archive_config
@@ -107,6 +122,7 @@ def cmd_run(args) -> int:
         stage_dir=args.stage_dir,
         progress=not args.quiet,
     )
+    _say_caveats(args.out)
     bad = table[~table.state.isin(["done"])]
     for r in bad.itertuples():
         input_error(f"{r.slide_id}: {r.state}: {r.error}")
