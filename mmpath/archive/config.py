@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmpath.config import from_dict, load_config, to_dict
-from mmpath.errors import ConfigError
 
 __all__ = [
     "ArchiveConfig",
@@ -38,8 +37,6 @@ __all__ = [
     "StagingConfig",
     "load_archive_config",
 ]
-
-ENGINES = ("local", "ray", "dask")
 
 
 @dataclass(frozen=True)
@@ -232,9 +229,3 @@ def zero_shot_signature(cfg: ArchiveConfig) -> dict[str, Any] | None:
 def resolved(cfg: ArchiveConfig, **engine: Any) -> ArchiveConfig:
     """``cfg`` with engine defaults made concrete (so every engine runs the same numbers)."""
     return replace(cfg, engine=replace(cfg.engine, **engine))
-
-
-def check_engine_name(name: str) -> str:
-    if name not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
-    return name

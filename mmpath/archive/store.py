@@ -40,7 +40,7 @@ from typing import Any
 
 from mmpath._version import __version__
 from mmpath.errors import ArchiveError
-from mmpath.io._atomic import atomic_write_text
+from mmpath.io._atomic import atomic_write_text, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -190,22 +190,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    """True when process ``pid`` runs (a zombie, killed but not yet reaped, is dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
-
-
 class SlideLock:
     """An exclusive, self-refreshing lock file for one slide (see the module docstring)."""
 
@@ -227,7 +211,7 @@ class SlideLock:
             return True
         info = self.holder() or {}
         pid = info.get("pid")
-        if info.get("host") == HOST and isinstance(pid, int) and not _pid_alive(pid):
+        if info.get("host") == HOST and isinstance(pid, int) and not pid_alive(pid):
             return True
         return age > self.stale
 

@@ -106,5 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
         dedup.summarise()
+        _common.reset_caveats()  # the next in-process run (tests, notebooks) says them again
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])

@@ -99,6 +99,11 @@ def caveat(text: str | None) -> None:
         print(f"mmpath: caveat: {text}", file=sys.stderr)
 
 
+def reset_caveats() -> None:
+    """Forget the caveats said in this run (``main`` calls it when a run ends)."""
+    _CAVEATS_SHOWN.clear()
+
+
 def encoder_caveat(encoder) -> str:
     """The caveat of an Encoder instance (``""`` for real weights), printed once."""
     from mmpath.models.caveats import caveat as _caveat

@@ -155,15 +155,6 @@ def _write(path: Path, adata, key: str, weights, args) -> None:
     io.write_h5ad(adata, path)
 
 
-def embed_table(path: Path, encoder, args, remap) -> tuple[str, int]:
-    """Embed one table file; returns (status, n_tiles) with status 'done' or 'skipped'."""
-    status, adata, key, weights = _open_table(path, encoder, args, remap, args.stain_fitted)
-    if status != "todo":
-        return status, adata.n_obs if status == "skipped" else 0
-    _embed_opened(path, adata, key, weights, encoder, args, remap)
-    return "done", adata.n_obs
-
-
 def _embed_opened(path: Path, adata, key, weights, encoder, args, remap) -> None:
     from mmpath import tl
     from mmpath.tl._checkpoint import sidecar_path
@@ -230,9 +221,9 @@ def cmd_embed(args) -> int:
     from mmpath.tl.embed import resolve_encoder
 
     remap = parse_remap(args.remap)
+    args.stain_fitted = _stain_target(args)  # a bad target fails before the model loads
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
     encoder_caveat(encoder)
-    args.stain_fitted = _stain_target(args)
     n_done = n_skipped = n_tiles = 0
     failures = []
     group: list = []  # small tables waiting to share batches

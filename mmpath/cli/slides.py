@@ -203,7 +203,6 @@ def tile_one(
                 "write one table; rename one file or tile them into separate -o folders"
             )
         seen[sid] = slide.path
-        settle_mpp(slide, estimate=args.estimate_mpp)  # the mpp rule: refuse when unknown
         target = out / f"{sid}.h5ad"
         recover(target)  # leftovers of a crashed earlier run of this output
         png = None
@@ -220,6 +219,8 @@ def tile_one(
                 else:
                     log.info("%s exists with the same settings; skipping", target)
                 return done.n_obs, target
+        # the mpp rule (refuse when unknown), after the skip: an estimate costs seconds
+        settle_mpp(slide, estimate=args.estimate_mpp)
         mask = pp.detect_tissue(slide)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # empty slides are reported below

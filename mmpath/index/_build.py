@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mmpath import _keys as K
 from mmpath._version import __version__
@@ -24,6 +25,7 @@ from mmpath.index import _tables as T
 from mmpath.index._meta import MetaStore
 from mmpath.index._store import MANIFEST_FILE, load
 from mmpath.index.tileindex import TileIndex
+from mmpath.io._atomic import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +208,8 @@ def _build_in_memory(sc, index, use_rep, plan, params, gpu, out) -> TileIndex:
         if count:
             index.add_with_ids(got.vectors, got.meta.index.to_numpy(np.int64))
             frames.append(got.meta)
-    meta = frames[0]
-    for f in frames[1:]:
-        meta = T.append(meta, f)
+    # one concatenation (appending table by table copied the growing frame each time)
+    meta = frames[0] if len(frames) == 1 else T.append(frames[0], pd.concat(frames[1:]))
     manifest = _manifest(sc.embedding, use_rep, sc.dim, plan, params, sc.n, slides)
     idx = TileIndex(index, meta, manifest, gpu=gpu)
     if out is None:
@@ -225,22 +226,12 @@ def _workdir(out) -> Path:
     out = Path(out)
     for old in out.parent.glob(f".{out.name}.build-*"):  # left by a killed build
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     work = out.parent / f".{out.name}.build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     return work
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def add(index, adata, *, gpu: bool | None = None) -> TileIndex:

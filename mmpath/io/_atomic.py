@@ -93,16 +93,24 @@ def _swap_hook() -> None:
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` runs on this host (a zombie, killed but not yet reaped, is
+    dead); used to tell a dead writer's leftovers (index builds, archive locks) from a live
+    one's."""
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True  # exists but is not ours
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _leftovers(target: Path) -> list[Path]:
@@ -138,7 +146,7 @@ def recover(target: str | os.PathLike[str]) -> Path | None:
     for p in _leftovers(target):
         m = _LEFTOVER.match(p.name)
         pid = int(m["pid"])
-        if not _alive(pid):
+        if not pid_alive(pid):
             found[m["kind"]][pid] = p
     restored = None
     if not target.exists() and found[_OLD]:

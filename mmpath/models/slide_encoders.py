@@ -69,7 +69,6 @@ class SlideEncoderSpec:
     remote_code: bool  # the architecture comes from the model repo (trust_remote_code)
     needs_coords: bool
     requires: str = ""  # pip packages beyond transformers
-    built_offline: bool = False  # architecture checked on the meta device here
 
     @property
     def status(self) -> str:

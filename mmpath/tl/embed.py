@@ -443,7 +443,9 @@ def embed(
     rows_of = {str(u): order[bounds[i] : bounds[i + 1]] for i, u in enumerate(uniq)}
     pos_of = {sid: i for i, sid in enumerate(ids)}
     groups = [[sid] for sid in ids]
-    if store is None and slide is None and len(ids) > 1:  # many small slides: pack them
+    # Many small slides share batches; packed batches carry no per-slide stain normaliser,
+    # so a stain target embeds slide by slide (each normalised to it).
+    if store is None and slide is None and stain is None and len(ids) > 1:  # pack small slides
         sizes = [(s, len(rows_of[s]), int(_prov.tiling(adata, s)["size"])) for s in ids]
         groups = D.pack_slides(sizes, batch_size, chunk)
     for group in groups:

@@ -214,11 +214,12 @@ def embed_slides(
     key = key_added or K.rep_key(K.slugify(encoder))
     sid = adata.obs[K.SLIDE_ID].astype(str).to_numpy()
     rows, vecs = [], []
+    xy_all = adata.obs[[K.X, K.Y]].to_numpy()  # once, not per slide
+    feats = np.asarray(adata.obsm[use_rep])
     for slide in dict.fromkeys(sid.tolist()):
         idx = np.flatnonzero(sid == slide)
         size0 = _prov.tiling(adata, slide).get("size0", spec.tile_px)
-        xy = adata.obs[[K.X, K.Y]].to_numpy()[idx]
-        vecs.append(model.encode(np.asarray(adata.obsm[use_rep])[idx], xy, int(round(size0))))
+        vecs.append(model.encode(feats[idx], xy_all[idx], int(round(size0))))
         rows.append({K.SLIDE_ID: slide, K.N_TILES: len(idx)})
     obs = pd.DataFrame(rows)
     obs.index = pd.Index(obs[K.SLIDE_ID].to_numpy(), name=None)

@@ -76,7 +76,6 @@ def test_on_disk_ivf_equals_in_memory_and_exact(archive, tmp_path):
     np.testing.assert_array_equal(I1, I2)
     np.testing.assert_allclose(D1, D2, rtol=1e-5)
     truth = _exact(tables, q, 10)
-    assert abs(_recall(I2, truth) - _recall(I1, truth)) <= 0.01
     # probing every list makes IVF,Flat exact: on disk equals brute force
     _, I3 = disk.search_vectors(q, 10, params={"nprobe": 16})
     assert _recall(I3, truth) == 1.0

@@ -24,7 +24,7 @@ def dead_pid() -> int:
     """The pid of a process that has exited."""
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
-    assert not _atomic._alive(p.pid)
+    assert not _atomic.pid_alive(p.pid)
     return p.pid
 
 

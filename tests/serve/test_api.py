@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import SITES, TILE
+from .conftest import TILE
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -155,11 +155,6 @@ def test_remap_reopens_moved_slides(index_path, archive_dir, encoder):
     c = TestClient(app)
     assert c.get("/api/slides/C").json()["readable"] is True
     assert c.get("/api/slides/C_files/0/0_0.jpeg").status_code == 200
-
-
-def test_sites_fixture_is_what_the_index_holds(archive):
-    got = archive.idx.metadata.groupby("slide_id", observed=True)["site"].first().to_dict()
-    assert got == SITES
 
 
 def test_openapi_schema_documents_the_api_and_no_cdn_docs(client):

@@ -93,3 +93,31 @@ def test_cli_groups_small_tables_and_writes_each(small_tables, alone, tmp_path, 
     # a re-run skips every table
     assert main(["-q", "embed", *map(str, copies), "--encoder", "demo-vit"]) == 0
     assert "7 already done" in capsys.readouterr().out
+
+
+def test_packed_cohort_with_a_stain_target_normalises_every_slide(tmp_path):
+    """A stain target must reach every slide of a cohort of small slides (packed batches carry
+    no per-slide normaliser, so these embed slide by slide): equal to one slide at a time."""
+    import shutil
+
+    enc = mm.models.create_encoder("mmpath-demo-vit")
+    tables = []
+    for name in ("a", "b", "c"):  # three 3-tile slides of real tissue, fewer tiles than a batch
+        path = shutil.copyfile(mm.datasets.sample_slide_path(), tmp_path / f"{name}.svs")
+        with mm.io.open_slide(path) as s:
+            tables.append(mm.pp.tile(s, 112, mpp=1.0, min_tissue=0.6)[:3].copy())
+            ref = s.read_region((1000, 1500), 0, (512, 512))
+    target = mm.pp.fit_stain_target(
+        np.clip(ref * np.array([0.85, 0.9, 1.05]), 0, 255).astype(np.uint8), method="reinhard"
+    )
+    cohort = mm.io.concat([t.copy() for t in tables])
+    mm.tl.embed(cohort, enc, batch_size=8, num_workers=0, stain=target)
+    plain = mm.io.concat([t.copy() for t in tables])
+    mm.tl.embed(plain, enc, batch_size=8, num_workers=0)
+    start = 0
+    for t in tables:
+        mm.tl.embed(t, enc, batch_size=8, num_workers=0, stain=target)
+        got = cohort.obsm["X_demo_vit"][start : start + t.n_obs]
+        np.testing.assert_allclose(got, t.obsm["X_demo_vit"], atol=1e-5)
+        start += t.n_obs
+    assert not np.allclose(cohort.obsm["X_demo_vit"], plain.obsm["X_demo_vit"], atol=1e-3)
