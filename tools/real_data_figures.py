@@ -48,9 +48,9 @@ def anomaly_figures(out: Path) -> dict:
 
     from mmpath.config import load_config
     from mmpath.datasets.stromal import stromal_nuclei
+    from mmpath.metrics import anomaly_metrics
     from mmpath.models.heads import load_trained_head
     from mmpath.tl._complexity import ComplexityCalibration, vae_scores
-    from mmpath.tl.seg_metrics import anomaly_metrics
     from mmpath.train import fit, get_task
 
     torch.manual_seed(0)
@@ -100,8 +100,8 @@ def _embedding_aurocs(data, train, test, y) -> dict:
     """Pooled kNN vs PatchCore on the demo ViT, 64 px crops around the same cells."""
     import torch
 
+    from mmpath.metrics import anomaly_metrics
     from mmpath.tl.patchcore import PatchCore
-    from mmpath.tl.seg_metrics import anomaly_metrics
 
     crops, _ = data.nucleus_crops(size=64)
     pc = PatchCore("mmpath-demo-vit", coreset=0.1)
@@ -127,7 +127,7 @@ def _embedding_aurocs(data, train, test, y) -> dict:
 def _embed_demo_vit(crops: np.ndarray) -> np.ndarray:
     import torch
 
-    from mmpath.models.registry import create_encoder
+    from mmpath.models.factory import create_encoder
 
     enc = create_encoder("mmpath-demo-vit").eval()
     d = enc.info.data

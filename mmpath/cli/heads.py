@@ -145,9 +145,9 @@ def cmd_segment(args) -> int:
 
 
 def cmd_anomaly(args) -> int:
-    from mmpath import io, pl, tl
+    from mmpath import io, metrics, pl, tl
     from mmpath.io import _prov
-    from mmpath.tl.seg_metrics import binary_labels
+    from mmpath.metrics import binary_labels
 
     head = None
     if args.model:
@@ -189,7 +189,7 @@ def cmd_anomaly(args) -> int:
             tl.anomaly_knn(table, use_rep=args.use_rep, normal=args.normal)
         score = f"{key}_score"
         if args.label:
-            results[p.name] = tl.anomaly_metrics(table.obs[score], table.obs[args.label])
+            results[p.name] = metrics.anomaly_metrics(table.obs[score], table.obs[args.label])
         io.write_h5ad(table, folder / p.name)
         if not args.no_heatmap:
             for sid in _prov.slide_ids(table):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mmpath.errors import DataError
-from mmpath.tl.seg_metrics import check_labels
+from mmpath.metrics import check_labels
 
 __all__ = ["SegPairs", "load_seg_pairs", "check_pairs", "pairs_from_annotations"]
 

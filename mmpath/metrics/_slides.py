@@ -1,4 +1,4 @@
-"""Slide-level classification and regression scores (arrays, or a slide table)."""
+"""Classification and regression scores (arrays, or a slide table): AUROC, balanced accuracy."""
 
 from __future__ import annotations
 
@@ -13,11 +13,47 @@ from mmpath import _keys as K
 from mmpath.errors import DataError
 
 __all__ = [
+    "auroc_macro_ovr",
     "ClassificationScores",
     "classification_scores",
     "regression_scores",
     "slide_classification",
 ]
+
+
+def auroc_macro_ovr(y_true, proba: np.ndarray, classes) -> float:
+    """Macro one-vs-rest AUROC over the classes that have positives and negatives in ``y_true``.
+
+    Equals ``sklearn.metrics.roc_auc_score(y_true, proba, multi_class="ovr",
+    average="macro")`` when every class is present (and, for two classes whose probabilities
+    sum to 1, the binary AUROC of the second), and still works on a fold that lacks a class
+    (sklearn raises there). NaN when no class has both positives and negatives.
+
+    Parameters
+    ----------
+    y_true
+        True class per row (values from ``classes``).
+    proba
+        ``(n, len(classes))`` scores, column ``j`` for ``classes[j]``.
+    classes
+        The class of each column.
+
+    Example
+    -------
+    >>> auroc_macro_ovr(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]), [0, 1])
+    1.0
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true)
+    p = np.asarray(proba)
+    scores = []
+    for j, c in enumerate(classes):
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue
+        scores.append(roc_auc_score(pos, p[:, j]))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 @dataclass(frozen=True)
@@ -29,8 +65,9 @@ class ClassificationScores:
     balanced_accuracy
         Mean recall over the classes present in the truth.
     auroc
-        Binary: AUROC of the second class's probability; multi-class: macro one-vs-rest.
-        NaN when only one class is present in the truth.
+        Binary: AUROC of the second class's probability; multi-class: macro one-vs-rest
+        over the classes present (:func:`auroc_macro_ovr`). NaN when only one class is
+        present in the truth.
     accuracy
         Fraction of correct calls.
     n
@@ -94,17 +131,10 @@ def classification_scores(
     if len(y) == 0:
         raise DataError("no slides to score")
     call = p.argmax(1)
-    present = np.unique(y)
-    auroc = float("nan")
-    if len(present) > 1:
-        if len(names) == 2:
-            auroc = float(roc_auc_score(y, p[:, 1]))
-        else:
-            q = p[:, present] / np.clip(p[:, present].sum(1, keepdims=True), 1e-12, None)
-            if len(present) == 2:
-                auroc = float(roc_auc_score(y == present[1], q[:, 1]))
-            else:
-                auroc = float(roc_auc_score(y, q, multi_class="ovr", labels=present))
+    if len(names) == 2 and len(np.unique(y)) == 2:
+        auroc = float(roc_auc_score(y, p[:, 1]))  # binary: the second class's probability
+    else:
+        auroc = auroc_macro_ovr(y, p, np.arange(len(names)))
     cm = confusion_matrix(y, call, labels=np.arange(len(names)))
     return ClassificationScores(
         balanced_accuracy=float(balanced_accuracy_score(y, call)),

@@ -13,7 +13,7 @@
   exact L2), optionally subsampled by PatchCore's greedy k-centre coreset. Bank members are
   scored leave-one-out (their own entry is skipped). On foundation-model features this is a
   strong baseline.
-* :func:`~mmpath.tl.anomaly_metrics` evaluates scores against labels (AUROC, AUPRC).
+* :func:`~mmpath.metrics.anomaly_metrics` evaluates scores against labels (AUROC, AUPRC).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def anomaly_knn(
     Example
     -------
     >>> mm.tl.anomaly_knn(tiles, use_rep="X_uni", normal="is_normal")
-    >>> mm.tl.anomaly_metrics(tiles.obs["anomaly_knn_score"], ~tiles.obs["is_normal"])
+    >>> mm.metrics.anomaly_metrics(tiles.obs["anomaly_knn_score"], ~tiles.obs["is_normal"])
     """
     import faiss
 

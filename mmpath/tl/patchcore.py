@@ -77,7 +77,7 @@ class PatchCore:
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
-        from mmpath.models.registry import create_encoder
+        from mmpath.models.factory import create_encoder
 
         if not 0 < coreset <= 1:
             raise DataError(f"coreset must be a fraction in (0, 1], got {coreset}")
@@ -229,7 +229,7 @@ def anomaly_patchcore(
     Example
     -------
     >>> mm.tl.anomaly_patchcore(tiles, "mmpath-demo-vit", normal="is_normal")
-    >>> mm.tl.anomaly_metrics(tiles.obs["anomaly_patchcore_score"], ~tiles.obs["is_normal"])
+    >>> mm.metrics.anomaly_metrics(tiles.obs["anomaly_patchcore_score"], ~tiles.obs["is_normal"])
     """
     from mmpath.io import iter_tiles
     from mmpath.tl.anomaly import _normal_mask

@@ -3,10 +3,10 @@
 A *linear probe* (standardised features + multinomial logistic regression) and a *kNN probe*
 (k nearest neighbours on L2-normalised features, which ranks like cosine similarity, as in
 DINO/UNI evaluations) are fit in cross-validation folds that never split a slide
-(:mod:`mmpath.tl._splits`). Per fold: balanced accuracy, weighted F1 and macro one-vs-rest
+(:mod:`mmpath.metrics`). Per fold: balanced accuracy, weighted F1 and macro one-vs-rest
 AUROC, plus a confusion matrix; all from sklearn's metric functions. The only hand-written
-piece, AUROC over the classes present in a fold, equals sklearn's multi-class
-``roc_auc_score`` whenever every class is present (tested).
+piece, AUROC over the classes present in a fold (:func:`mmpath.metrics.auroc_macro_ovr`),
+equals sklearn's multi-class ``roc_auc_score`` whenever every class is present (tested).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from mmpath import _keys as K
+from mmpath import metrics
+from mmpath._moved import moved
 from mmpath.errors import DataError
 from mmpath.io import _prov
 
@@ -47,24 +49,6 @@ def get_rep(adata, use_rep: str) -> np.ndarray:
     if X.ndim != 2 or X.shape[0] != adata.n_obs:
         raise DataError(f"{use_rep!r} has shape {X.shape}; expected ({adata.n_obs}, dim)")
     return X
-
-
-def auroc_macro_ovr(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
-    """Macro one-vs-rest AUROC over the classes that have positives and negatives in ``y_true``.
-
-    Equals ``sklearn.metrics.roc_auc_score(y_true, proba, multi_class="ovr",
-    average="macro")`` when every class is present, and still works on a fold that lacks a
-    class (sklearn raises there). NaN when no class has both positives and negatives.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    scores = []
-    for j, c in enumerate(classes):
-        pos = y_true == c
-        if pos.all() or not pos.any():
-            continue
-        scores.append(roc_auc_score(pos, proba[:, j]))
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 def _classifier(method: str, *, C: float, n_neighbors: int, n_train: int, seed: int):
@@ -107,7 +91,7 @@ def linear_probe(
 
     Folds are grouped by ``groups`` (slides by default) so that tiles of one slide never sit
     on both sides; with fewer slides than folds they are spatial blocks inside the slides,
-    with a warning (:func:`mmpath.tl._splits.cv_groups`). Rows with a missing label are left
+    with a warning (:func:`mmpath.metrics.cv_groups`). Rows with a missing label are left
     out. Nothing is written to ``adata``.
 
     Parameters
@@ -150,7 +134,7 @@ def linear_probe(
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-    from mmpath.tl._splits import _cv_groups, folds_from_groups
+    from mmpath.metrics._folds import _cv_groups, folds_from_groups
 
     if method not in METHODS:
         raise DataError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
@@ -190,7 +174,7 @@ def linear_probe(
             {
                 "balanced_accuracy": float(balanced_accuracy_score(y[te], pred)),
                 "f1_weighted": float(f1_score(y[te], pred, average="weighted", zero_division=0)),
-                "auroc_macro": auroc_macro_ovr(y[te], proba, codes),
+                "auroc_macro": metrics.auroc_macro_ovr(y[te], proba, codes),
                 "n_train": len(tr),
                 "n_test": len(te),
             }
@@ -230,3 +214,6 @@ def linear_probe(
         cv.kind,
     )
     return df
+
+
+__getattr__ = moved(__name__, {"auroc_macro_ovr": "mmpath.metrics.auroc_macro_ovr"})

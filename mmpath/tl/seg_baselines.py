@@ -242,7 +242,7 @@ def baseline_segment(images: np.ndarray, method: str = "otsu", **kwargs) -> np.n
     Example
     -------
     >>> masks = baseline_segment(data.images, "otsu")
-    >>> mm.tl.dice_jaccard(list(masks), list(data.masks), 2)
+    >>> mm.metrics.dice_jaccard(list(masks), list(data.masks), 2)
     """
     if method not in BASELINES:
         raise ValueError(f"method must be one of {sorted(BASELINES)}, got {method!r}")

@@ -178,7 +178,7 @@ def test_genomic_derived_from_targets_is_refused(cohort):
 
 # -- splits ------------------------------------------------------------------------------------
 def test_splits_never_leak(cohort):
-    from mmpath.tl._splits import group_kfold
+    from mmpath.metrics import group_kfold
 
     folds = group_kfold(cohort, 3)
     slides = cohort.obs[K.SLIDE_ID].astype(str).to_numpy()

@@ -10,8 +10,7 @@ import pytest
 import mmpath as mm
 from mmpath import _keys as K
 from mmpath.errors import DataError
-from mmpath.tl._splits import cv_groups, group_kfold
-from mmpath.tl.probe import auroc_macro_ovr
+from mmpath.metrics import auroc_macro_ovr, cv_groups, group_kfold
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ over the whole batch is
 with ``p`` the softmax (or, for one binary logit, ``[1 - sigmoid, sigmoid]``) and ``g`` the
 one-hot target. The ``eps`` in both numerator and denominator makes a class absent from both
 prediction and target score 1, which is the empty-mask convention of the metrics
-(:mod:`mmpath.tl.seg_metrics`); on hard one-hot predictions ``1 - loss_dice`` equals sklearn's
+(:mod:`mmpath.metrics`); on hard one-hot predictions ``1 - loss_dice`` equals sklearn's
 macro ``f1_score(..., zero_division=1)`` (tested). Cross-entropy is torch's.
 """
 

@@ -23,9 +23,9 @@ Example
 
 from __future__ import annotations
 
+from mmpath._moved import moved
 from mmpath.tl.expression._api import evaluate_expression, fit_expression, predict_expression
 from mmpath.tl.expression._features import MORPH_KEY, morphology_features
-from mmpath.tl.expression._metrics import pearson_per_gene, per_gene_scores, spearman_per_gene
 from mmpath.tl.expression._model import DEFAULTS, METHODS, ExpressionModel
 from mmpath.tl.expression._report import plot_scores, write_report
 from mmpath.tl.expression._report import summarize as summarize_expression
@@ -37,12 +37,18 @@ __all__ = [
     "summarize_expression",
     "morphology_features",
     "ExpressionModel",
-    "pearson_per_gene",
-    "spearman_per_gene",
-    "per_gene_scores",
     "plot_scores",
     "write_report",
     "METHODS",
     "DEFAULTS",
     "MORPH_KEY",
 ]
+
+# The per-gene metrics moved to mm.metrics; the old names warn (DeprecationWarning).
+__getattr__ = moved(
+    __name__,
+    {
+        n: f"mmpath.metrics.{n}"
+        for n in ("pearson_per_gene", "spearman_per_gene", "per_gene_scores")
+    },
+)

@@ -14,7 +14,7 @@ import pandas as pd
 from mmpath import _keys as K
 from mmpath.errors import DataError
 from mmpath.io import _prov
-from mmpath.tl.expression._metrics import per_gene_scores
+from mmpath.metrics import per_gene_scores
 from mmpath.tl.expression._model import ExpressionModel, resolve_params
 from mmpath.tl.expression._targets import DEFAULT_TARGET_SUM, prepare_targets
 
@@ -86,7 +86,7 @@ def _genomic(adata, genomic: Genomic, sample_key: str) -> tuple[np.ndarray, list
 
 
 def _check_no_leak(G: np.ndarray, Y: np.ndarray, cols: list[str], genes: list[str]) -> None:
-    from mmpath.tl.expression._metrics import pearson_per_gene
+    from mmpath.metrics import pearson_per_gene
 
     for j in range(G.shape[1]):
         r = pearson_per_gene(Y, np.repeat(G[:, j : j + 1], Y.shape[1], axis=1))
@@ -340,7 +340,7 @@ def evaluate_expression(
     >>> scores = mm.tl.evaluate_expression(spots, "hvg:50", n_splits=5, out="runs/cv")
     >>> mm.tl.summarize_expression(scores)
     """
-    from mmpath.tl._splits import group_kfold
+    from mmpath.metrics import group_kfold
 
     p = resolve_params(method, fusion, {**(params or {}), "seed": seed})
     rep, X, Y, G, cols, genes_out, spec = _inputs(
