@@ -16,8 +16,12 @@ def mmpath_home() -> Path:
 
 
 def default_num_workers() -> int:
-    """Reader worker processes to use by default: all cores but one, at least 0."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Reader worker processes used when ``num_workers=None``: all cores but one, at most 2.
+
+    The one home of this default (``mm.tl.embed`` reads it from here; it was also defined,
+    unused and with another cap, in this module before).
+    """
+    return min(2, max(0, (os.cpu_count() or 1) - 1))
 
 
 # -- which surface is talking to the user: the Python API or the CLI ----------------------

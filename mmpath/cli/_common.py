@@ -204,7 +204,7 @@ def device_arg(text: str) -> str:
     from mmpath.errors import MmpathError
 
     try:
-        from mmpath.models.registry import check_device
+        from mmpath.models.factory import check_device
 
         check_device(text)
     except MmpathError as err:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from mmpath.models import encoders as _encoders  # noqa: F401
 from mmpath.models import heads as _heads  # noqa: F401
 from mmpath.models.base import DataConfig, Encoder, EncoderInfo, ImageEmbedding, Tokens
+from mmpath.models.factory import create_encoder
 from mmpath.models.local_dir import load_encoder, save_encoder
 from mmpath.models.registry import (
-    create_encoder,
     encoders,
     families,
     heads,

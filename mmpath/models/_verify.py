@@ -83,7 +83,8 @@ def verify_weights(name: str | None, folder: str | Path) -> str:
     >>> verify_weights("uni", "/downloads/UNI")  # doctest: +SKIP
     'names and shapes'
     """
-    from mmpath.models.registry import create_encoder, encoders
+    from mmpath.models.factory import create_encoder
+    from mmpath.models.registry import encoders
 
     folder = Path(folder)
     entry = None

@@ -26,6 +26,7 @@ head (see the ``pair`` family) reads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,22 @@ class Encoder(nn.Module):
     def text_features(self, tokens: Tokens) -> torch.Tensor:
         """Pooled text embedding before normalisation (what a projection head reads)."""
         raise ModelError(f"encoder {self.info.name!r} has no text tower")
+
+    def learned_logit_scale(self) -> float | None:
+        """The model's own zero-shot logit scale (``exp`` of its learnt log-scale), or None.
+
+        Image-text encoders keep it as ``logit_scale``: a one-element log-scale tensor on the
+        module or on one of its direct children (a positive plain number there is the scale
+        itself). :func:`mmpath.tl.zero_shot` multiplies cosines by it (capped at 100) and
+        falls back to 100 when this is None. Encoders with another convention override this.
+        """
+        for mod in (self, *self.children()):
+            value = getattr(mod, "logit_scale", None)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                return math.exp(float(value.detach()))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return float(value)
+        return None
 
     def export(self, root: Path, sub: str) -> dict[str, Any]:
         """How to rebuild this module: ``{"family": name, "kwargs": {...}}``.

@@ -67,7 +67,7 @@ def _ref_prefixes(encoder: Encoder) -> tuple[str, ...]:
 
 def _check_reference(encoder: Encoder, tower: str, entry: str) -> None:
     """The tower's weights must be exactly the registry entry's, or the reference would lie."""
-    from mmpath.models.registry import create_encoder
+    from mmpath.models.factory import create_encoder
 
     own = getattr(encoder, tower).state_dict()
     ref = create_encoder(entry).state_dict()

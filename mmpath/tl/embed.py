@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mmpath import _keys as K
+from mmpath._settings import default_num_workers
 from mmpath._version import __version__
 from mmpath.errors import DataError, ModelError
 from mmpath.io import _prov
@@ -62,33 +63,20 @@ class SlideEmbedding(NamedTuple):
 
 
 def resolve_encoder(encoder, *, weights: str | None = None, device: str | None = None):
-    """An :class:`~mmpath.models.base.Encoder` from a registry name or an instance."""
-    from mmpath.models.base import Encoder
+    """An :class:`~mmpath.models.base.Encoder` from a registry name or an instance.
 
-    if isinstance(encoder, Encoder):
-        if weights is not None:
-            raise ModelError("weights= applies to encoder names; load the instance with them")
-        return encoder
-    if not isinstance(encoder, str):
-        raise ModelError(
-            f"encoder must be a registry name or an Encoder, got {type(encoder).__name__}"
-        )
-    try:
-        from mmpath.models import create_encoder
-    except ImportError:  # pragma: no cover - the registry ships with mmpath.models
-        raise ModelError("the model registry is not available in this install") from None
-    kwargs: dict[str, Any] = {}
-    if weights is not None:
-        kwargs["weights"] = weights
-    if device is not None:
-        kwargs["device"] = device
-    return create_encoder(encoder, **kwargs)
+    The one factory, :func:`mmpath.models.factory.create_encoder` (kept under this name for
+    the callers in ``tl``, ``index``, ``serve``, ``archive`` and the CLI).
+    """
+    from mmpath.models.factory import create_encoder
+
+    return create_encoder(encoder, weights=weights, device=device)
 
 
 def _device_of(model, device: str | None):
     import torch
 
-    from mmpath.models.registry import check_device
+    from mmpath.models.factory import check_device
 
     if device is not None:
         return torch.device(check_device(device))
@@ -277,11 +265,6 @@ def embed_slide(
 
 
 # -- tables ---------------------------------------------------------------------------------
-
-
-def default_num_workers() -> int:
-    """Reader processes used when ``num_workers=None``."""
-    return min(2, max(0, (os.cpu_count() or 1) - 1))
 
 
 def embedding_key(encoder_info, key_added: str | None = None) -> str:

@@ -11,11 +11,10 @@ How it works (CLIP, Radford et al. 2021; for pathology CONCH/PLIP and MI-Zero, L
 * a slide's logit for a class is the mean of its top-k tile logits for that class (MI-Zero's
   top-k pooling), and a softmax over classes gives the slide's probabilities.
 
-``logit_scale`` is the model's own when it has one: a tensor attribute ``logit_scale`` on the
-encoder (or one of its direct sub-modules) is read as the *log* scale, as open_clip and
-Hugging Face CLIP store it, and exponentiated (capped at 100 as in CLIP); a plain number is
-used as is. Without one, 100 (CLIP's trained value). Argmax labels do not depend on it;
-probabilities do.
+``logit_scale`` is the model's own when it has one (the encoder contract's
+``Encoder.learned_logit_scale``: its log-scale parameter, as open_clip and Hugging Face CLIP
+store it, exponentiated), capped at 100 as in CLIP. Without one, 100 (CLIP's trained value).
+Argmax labels do not depend on it; probabilities do.
 
 Trust. The run record keeps the encoder's caveat (``mm.models.caveats.caveat``: demo and
 random-weight models). When the encoder's registry entry declares the phrases its captions
@@ -33,9 +32,8 @@ the function's only return value.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +42,9 @@ from mmpath import _keys as K
 from mmpath._version import __version__
 from mmpath.errors import DataError, ModelError
 from mmpath.io import _prov
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -247,15 +248,11 @@ def far_classes(encoder, names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _logit_scale(encoder) -> tuple[float, str]:
-    import torch
-
-    for mod in (encoder, *encoder.children()):
-        value = getattr(mod, "logit_scale", None)
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return min(math.exp(float(value.detach())), MAX_LOGIT_SCALE), "model"
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value), "model"
-    return DEFAULT_LOGIT_SCALE, "default"
+    """The encoder's own scale (its contract: ``Encoder.learned_logit_scale``), capped."""
+    value = encoder.learned_logit_scale()
+    if value is None:
+        return DEFAULT_LOGIT_SCALE, "default"
+    return min(value, MAX_LOGIT_SCALE), "model"
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -296,7 +293,7 @@ def zero_shot(
     slide=None,
     weights: str | None = None,
     device: str | None = None,
-):
+) -> AnnData:
     """Zero-shot classify tiles (in place) and slides (returned) from class names.
 
     Parameters

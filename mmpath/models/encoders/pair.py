@@ -28,7 +28,8 @@ from torch import nn
 from mmpath.errors import ModelError, WeightsError
 from mmpath.models.base import Encoder, EncoderInfo, ImageEmbedding, Tokens
 from mmpath.models.encoders._common import l2n
-from mmpath.models.registry import create_encoder, families
+from mmpath.models.factory import create_encoder
+from mmpath.models.registry import families
 
 __all__ = ["PairEncoder"]
 
