@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmpath.datasets.synthetic import (
     Region,
@@ -19,6 +20,9 @@ from mmpath.datasets.synthetic import (
 )
 from mmpath.datasets.synthetic_mil import MILCohort, synthetic_mil_cohort, write_mil_cohort
 from mmpath.datasets.synthetic_st import SyntheticST, synthetic_st
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmpath.io.slide import Slide
 
 __all__ = [
     "sample_slide",
@@ -47,7 +51,7 @@ def sample_slide_path() -> Path:
     return Path(str(resources.files("mmpath") / "data" / "cmu_small_region.svs"))
 
 
-def sample_slide():
+def sample_slide() -> Slide:
     """The bundled CC0 sample slide, opened (a real Aperio H&E at 0.499 µm/px).
 
     See ``mmpath.datasets.SAMPLE_LICENSE`` for its origin and licence.

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mmpath.errors import DataError
+from mmpath.io import _prov
 from mmpath.metrics import check_labels
 
 __all__ = ["SegPairs", "load_seg_pairs", "check_pairs", "pairs_from_annotations"]
@@ -169,7 +170,7 @@ def pairs_from_annotations(
     downsample = (mpp / slide.require_mpp()) if mpp is not None else 1.0
     mask, values = ann.to_mask(slide, downsample=downsample, labels=labels)
     tiles = tile(slide, tile_size, mpp=mpp, min_tissue=0)
-    size0 = float(tiles.uns["mmpath"]["slides"][slide.slide_id]["tiling"]["size0"])
+    size0 = float(_prov.tiling(tiles, slide.slide_id)["size0"])
     scale = size0 / tile_size  # level-0 px per tile px (the effective downsample)
     crops, keep = [], []
     for i, (x, y) in enumerate(zip(tiles.obs["x"], tiles.obs["y"], strict=True)):

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmpath import _keys as K
 from mmpath.errors import DataError
 from mmpath.io import _prov
 from mmpath.io._atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = ["write_h5ad", "read_h5ad", "concat"]
 
@@ -27,7 +31,7 @@ def write_h5ad(adata, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_h5ad(path: str | os.PathLike[str]):
+def read_h5ad(path: str | os.PathLike[str]) -> AnnData:
     """Read a table, with a clear error for missing or damaged files."""
     import anndata as ad
 
@@ -40,7 +44,7 @@ def read_h5ad(path: str | os.PathLike[str]):
         raise DataError(f"cannot read {str(p)!r} as an .h5ad table ({err}); re-create it") from None
 
 
-def concat(tables: Sequence, *, join: str = "inner"):
+def concat(tables: Sequence, *, join: str = "inner") -> AnnData:
     """Concatenate tile tables into a cohort table, merging provenance by ``slide_id``.
 
     Plain ``anndata.concat`` drops ``uns``; this keeps every slide's record and each

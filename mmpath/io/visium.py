@@ -22,13 +22,18 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from mmpath import _keys as K
 from mmpath.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+    from mmpath.io.slide import ArraySlide
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ def read_visium(
     *,
     count_file: str = "filtered_feature_bc_matrix.h5",
     library_id: str | None = None,
-):
+) -> AnnData:
     """Read a 10x Visium Space Ranger folder, or an ``.h5ad`` with spatial coordinates.
 
     Parameters
@@ -271,7 +276,7 @@ def spot_scalefactors(st, *, library_id: str | None = None) -> dict[str, Any]:
     return out
 
 
-def visium_image(st, res: str = "hires", *, library_id: str | None = None):
+def visium_image(st, res: str = "hires", *, library_id: str | None = None) -> ArraySlide:
     """The ``hires``/``lowres`` image stored with a Visium table, as an ArraySlide.
 
     Its mpp is derived from the spot diameter (55 µm = ``spot_diameter_fullres`` px); pass

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from mmpath.errors import DataError
 from mmpath.io._atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["embedding"]
 
@@ -22,7 +26,7 @@ def embedding(
     cmap: str = "viridis",
     title: str | None = None,
     save: str | os.PathLike[str] | None = None,
-):
+) -> Figure:
     """Draw ``obsm["X_<basis>"]`` (first two dims) coloured by an obs column or gene.
 
     A thin, non-interactive cousin of ``scanpy.pl.embedding`` that always returns the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ import pandas as pd
 from mmpath import _keys as K
 from mmpath.errors import DataError
 from mmpath.io._atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["gallery"]
 
@@ -61,7 +65,7 @@ def gallery(
     remap=None,
     title: str | None = None,
     save: str | os.PathLike[str] | None = None,
-):
+) -> Figure:
     """Draw a query tile and its nearest tiles, each labelled with slide and coordinates.
 
     Parameters

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmpath.errors import DataError
 from mmpath.io._atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["confusion_matrix", "roc"]
 
@@ -33,7 +37,7 @@ def confusion_matrix(
     normalize: bool = True,
     title: str | None = None,
     save: str | os.PathLike | None = None,
-):
+) -> Figure:
     """Draw a probe's confusion matrix summed over folds (rows: true class).
 
     Parameters
@@ -93,7 +97,7 @@ def confusion_matrix(
     return fig
 
 
-def roc(result, *, title: str | None = None, save: str | os.PathLike | None = None):
+def roc(result, *, title: str | None = None, save: str | os.PathLike | None = None) -> Figure:
     """Draw one-vs-rest ROC curves of a probe's out-of-fold probabilities, with each AUC.
 
     Parameters

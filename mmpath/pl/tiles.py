@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from mmpath import _keys as K
 from mmpath.errors import DataError
 from mmpath.io import _prov
 from mmpath.io._atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["tiles"]
 
@@ -85,7 +89,7 @@ def tiles(
     vmax: float | None = None,
     title: str | None = None,
     save: str | os.PathLike[str] | None = None,
-):
+) -> Figure:
     """Draw the slide thumbnail with the tissue outline and tiles coloured by ``color``.
 
     Parameters

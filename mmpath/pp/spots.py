@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,9 @@ from mmpath.io._mpp import check_mpp
 from mmpath.io.slide import Slide
 from mmpath.io.visium import VISIUM_SPOT_DIAMETER_UM, spot_scalefactors
 from mmpath.pp.tiling import plan_read
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def spot_tiles(
     scale: float | str = 1.0,
     library_id: str | None = None,
     tissue=None,
-):
+) -> AnnData:
     """Tile table of spot-centred tiles, one per spot, carrying the spots' expression.
 
     Parameters

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ from mmpath.io import _prov
 from mmpath.io._mpp import check_mpp
 from mmpath.io.slide import Slide
 from mmpath.pp.tissue import TissueMask, detect_tissue
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ def tile(
     min_tissue: float = 0.5,
     tissue: TissueMask | None = None,
     mpp_tolerance: float = 0.02,
-):
+) -> AnnData:
     """Cut ``slide`` into a grid of ``size`` x ``size`` tiles and return the tile table.
 
     Parameters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,9 @@ import pandas as pd
 from mmpath import _keys as K
 from mmpath.errors import DataError
 from mmpath.io import _prov
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,9 @@ def default_rep(adata) -> str:
     return keys[0]
 
 
-def aggregate(adata, *, use_rep: str | None = None, method: str = "mean", only_ok: bool = True):
+def aggregate(
+    adata, *, use_rep: str | None = None, method: str = "mean", only_ok: bool = True
+) -> AnnData:
     """Pool tile embeddings into one row per slide (a slide table).
 
     Parameters

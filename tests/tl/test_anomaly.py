@@ -51,7 +51,7 @@ def test_vae_trained_on_normal_tiles_ranks_anomalies_higher(trained_vae):
     images, labels = make_anomaly_tiles(40, 32, anomalous=0.5, seed=77)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     scores = head.model.anomaly(x)
-    res = mm.tl.anomaly_metrics(scores.recon_error.numpy(), labels)
+    res = mm.metrics.anomaly_metrics(scores.recon_error.numpy(), labels)
     assert res["auroc"] > 0.9
     # the error map points at the anomaly: ink/debris pixels reconstruct worst
     err = scores.error_map.numpy()
@@ -63,14 +63,14 @@ def test_anomaly_metrics_equal_sklearn_and_errors():
     rng = np.random.default_rng(0)
     y = rng.random(50) < 0.3
     s = rng.random(50) + y
-    res = mm.tl.anomaly_metrics(s, y)
+    res = mm.metrics.anomaly_metrics(s, y)
     assert res["auroc"] == pytest.approx(roc_auc_score(y, s))
     assert res["auprc"] == pytest.approx(average_precision_score(y, s))
     assert res["n_anomalous"] == int(y.sum())
     with pytest.raises(DataError, match="both normal and anomalous"):
-        mm.tl.anomaly_metrics(s, np.zeros(50, bool))
+        mm.metrics.anomaly_metrics(s, np.zeros(50, bool))
     with pytest.raises(DataError, match="0/1"):
-        mm.tl.anomaly_metrics(s, np.full(50, 2))
+        mm.metrics.anomaly_metrics(s, np.full(50, 2))
 
 
 def _embedded_table(n_normal=60, n_anom=15, dim=8, seed=0):
@@ -100,14 +100,14 @@ def test_knn_baseline_matches_brute_force_and_separates():
     ref = np.where(normal, d[:, 1:3].mean(1), d[:, :2].mean(1))  # bank tiles: leave-one-out
     np.testing.assert_allclose(t.obs["anomaly_knn_score"], ref, rtol=1e-4, atol=1e-4)
     assert (t.obs["anomaly_knn_score"] > 0).all()
-    res = mm.tl.anomaly_metrics(t.obs["anomaly_knn_score"], ~normal)
+    res = mm.metrics.anomaly_metrics(t.obs["anomaly_knn_score"], ~normal)
     assert res["auroc"] > 0.99
     rec = t.uns["mmpath"]["anomaly"]["anomaly_knn"]
     assert rec["bank_size"] == 60 and rec["k"] == 2
     # a greedy k-centre coreset keeps a tenth of the bank and still separates
     mm.tl.anomaly_knn(t, use_rep="X_enc", normal="is_normal", coreset=0.1, key_added="core")
     assert t.uns["mmpath"]["anomaly"]["core"]["bank_size"] == 6
-    assert mm.tl.anomaly_metrics(t.obs["core_score"], ~normal)["auroc"] > 0.95
+    assert mm.metrics.anomaly_metrics(t.obs["core_score"], ~normal)["auroc"] > 0.95
     with pytest.raises(DataError, match="obsm has no"):
         mm.tl.anomaly_knn(t, use_rep="X_missing")
 
@@ -126,7 +126,7 @@ def test_anomaly_on_tile_table_writes_scores_and_maps(tmp_path, trained_vae):
     assert tiles.n_obs == 8
     mm.tl.anomaly(tiles, trained_vae.run_dir, error_maps=tmp_path / "maps.npz")
     order = (tiles.obs["y"] // 32 * 4 + tiles.obs["x"] // 32).to_numpy()
-    res = mm.tl.anomaly_metrics(tiles.obs["anomaly_score"], labels[order])
+    res = mm.metrics.anomaly_metrics(tiles.obs["anomaly_score"], labels[order])
     assert res["auroc"] == 1.0
     assert "anomaly_latent_nll" in tiles.obs
     maps = np.load(tmp_path / "maps.npz")
@@ -266,7 +266,9 @@ def test_default_score_works_when_anomalies_are_simpler_or_busier(trained_vae, k
     images, labels = make_anomaly_tiles(60, 32, anomalous=0.5, seed=77, kind=kind)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     s = vae_scores(head.model.eval(), x, cal)
-    auroc = {k: mm.tl.anomaly_metrics(s[k], labels)["auroc"] for k in ("recon_error", "typicality")}
+    auroc = {
+        k: mm.metrics.anomaly_metrics(s[k], labels)["auroc"] for k in ("recon_error", "typicality")
+    }
     assert auroc["typicality"] > 0.95, auroc  # measured 1.00 for all three kinds
     if kind == "simple":  # the input-complexity failure this score corrects
         assert auroc["recon_error"] < 0.2, auroc  # measured 0.00

@@ -71,7 +71,7 @@ def test_patchcore_finds_small_defects_that_pooled_knn_dilutes():
     assert pc.indices == [2, 3]  # the middle blocks of the 6-block demo ViT
     assert len(pc.bank) == int(np.ceil(0.25 * 40 * 49))
     scores, maps = pc.score(test)
-    auroc = mm.tl.anomaly_metrics(scores, labels)["auroc"]
+    auroc = mm.metrics.anomaly_metrics(scores, labels)["auroc"]
     # pooled kNN on the same encoder's embedding, same bank tiles
     enc = pc.encoder
     x = torch.from_numpy(np.concatenate([normal, test])).permute(0, 3, 1, 2).float() / 255
@@ -80,7 +80,7 @@ def test_patchcore_finds_small_defects_that_pooled_knn_dilutes():
         e = enc.encode_image((x - 0.5) / 0.5).features.numpy()
     bank, q = e[:40], e[40:]
     pooled = np.sqrt(((q[:, None] - bank[None]) ** 2).sum(-1)).min(1)
-    auroc_pooled = mm.tl.anomaly_metrics(pooled, labels)["auroc"]
+    auroc_pooled = mm.metrics.anomaly_metrics(pooled, labels)["auroc"]
     assert auroc > 0.95 and auroc > auroc_pooled + 0.05, (auroc, auroc_pooled)
     # the hottest patch sits on the defect
     assert maps.shape == (30, 7, 7)
@@ -98,7 +98,7 @@ def test_anomaly_patchcore_on_a_tile_table():
     mm.tl.anomaly_patchcore(tiles, "mmpath-demo-vit", normal="is_normal", slide=slide)
     s = tiles.obs["anomaly_patchcore_score"].to_numpy()
     truth = np.r_[np.zeros(16, bool), labels][order]
-    assert mm.tl.anomaly_metrics(s[~is_normal], truth[~is_normal])["auroc"] > 0.9
+    assert mm.metrics.anomaly_metrics(s[~is_normal], truth[~is_normal])["auroc"] > 0.9
     rec = tiles.uns["mmpath"]["anomaly"]["anomaly_patchcore"]
     assert rec["method"] == "patchcore" and rec["bank_patches"] == int(np.ceil(0.1 * 16 * 49))
     with pytest.raises(DataError, match="obs has no column"):

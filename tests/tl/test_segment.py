@@ -69,7 +69,7 @@ def test_dice_jaccard_equal_sklearn_on_random_masks(seed):
     n_present = [3, 4, 2, 1][seed]  # seeds 0, 2, 3 leave classes empty in both masks
     target = [rng.integers(0, n_present, (12, 9)) for _ in range(3)]
     pred = [rng.integers(0, n_present, (12, 9)) for _ in range(3)]
-    table = mm.tl.dice_jaccard(pred, target, C)
+    table = mm.metrics.dice_jaccard(pred, target, C)
     t = np.concatenate([m.ravel() for m in target])
     p = np.concatenate([m.ravel() for m in pred])
     kw = dict(labels=list(range(C)), zero_division=1.0)
@@ -83,24 +83,24 @@ def test_dice_jaccard_equal_sklearn_on_random_masks(seed):
 
 def test_empty_mask_conventions():
     empty = np.zeros((8, 8), np.uint8)
-    table = mm.tl.dice_jaccard(empty, empty, 2)
+    table = mm.metrics.dice_jaccard(empty, empty, 2)
     assert table.loc["1", "dice"] == 1.0 and table.loc["1", "jaccard"] == 1.0  # 0/0 -> 1
     ref = f1_score(empty.ravel(), empty.ravel(), zero_division=1.0)
     assert ref == table.loc["1", "dice"]
     # predicting something where nothing is: 0; ignore_empty drops empty classes from the mean
     pred = empty.copy()
     pred[:2] = 1
-    assert mm.tl.dice_jaccard(pred, empty, 2).loc["1", "dice"] == 0.0
-    t3 = mm.tl.dice_jaccard(empty, empty, 3, ignore_empty=True)
+    assert mm.metrics.dice_jaccard(pred, empty, 2).loc["1", "dice"] == 0.0
+    t3 = mm.metrics.dice_jaccard(empty, empty, 3, ignore_empty=True)
     assert t3.loc["mean", "dice"] == 1.0 and t3.loc["2", "tp"] == 0
 
 
 def test_metric_errors():
     a = np.zeros((4, 4), np.uint8)
     with pytest.raises(DataError, match="shape"):
-        mm.tl.dice_jaccard(a, np.zeros((4, 5), np.uint8), 2)
+        mm.metrics.dice_jaccard(a, np.zeros((4, 5), np.uint8), 2)
     with pytest.raises(DataError, match=r"outside the class set 0\.\.1"):
-        mm.tl.dice_jaccard(a, a + 2, 2)
+        mm.metrics.dice_jaccard(a, a + 2, 2)
 
 
 # -- data checks ------------------------------------------------------------------------------
@@ -121,11 +121,11 @@ def test_pairs_errors(tmp_path):
 def test_synthetic_texture_defeats_otsu_but_colour_does_not():
     tex = make_seg_images(12, 48, kind="texture")
     col = make_seg_images(12, 48, kind="colour")
-    d_tex = mm.tl.dice_jaccard(list(baseline_segment(tex.images)), list(tex.masks), 2)
-    d_col = mm.tl.dice_jaccard(list(baseline_segment(col.images)), list(col.masks), 2)
+    d_tex = mm.metrics.dice_jaccard(list(baseline_segment(tex.images)), list(tex.masks), 2)
+    d_col = mm.metrics.dice_jaccard(list(baseline_segment(col.images)), list(col.masks), 2)
     assert d_tex.loc["1", "dice"] < 0.5 < 0.95 < d_col.loc["1", "dice"]
     for method in ("edge", "region_growing"):
-        d = mm.tl.dice_jaccard(list(baseline_segment(col.images, method)), list(col.masks), 2)
+        d = mm.metrics.dice_jaccard(list(baseline_segment(col.images, method)), list(col.masks), 2)
         assert d.loc["1", "dice"] > 0.6, method
     # per pixel the two regions have the same colours: same mean grey level
     grey = tex.images.mean(-1)
@@ -160,8 +160,8 @@ def test_short_training_beats_otsu_on_texture(trained_seg):
     x = (torch.from_numpy(test.images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         pred = head.model.predict_proba(x).argmax(1).numpy()
-    ours = mm.tl.dice_jaccard(list(pred), list(test.masks), 2).loc["1", "dice"]
-    otsu = mm.tl.dice_jaccard(list(baseline_segment(test.images)), list(test.masks), 2)
+    ours = mm.metrics.dice_jaccard(list(pred), list(test.masks), 2).loc["1", "dice"]
+    otsu = mm.metrics.dice_jaccard(list(baseline_segment(test.images)), list(test.masks), 2)
     assert ours > 0.75
     assert ours > otsu.loc["1", "dice"] + 0.4
 
@@ -367,7 +367,7 @@ def test_cli_segment(tmp_path, trained_seg, capsys):
     )
     assert rc == 0
     mask = np.asarray(Image.open(tmp_path / "seg" / "slide.png"))
-    assert mm.tl.dice_jaccard(mask, img.masks[0], 2).loc["1", "dice"] > 0.7
+    assert mm.metrics.dice_jaccard(mask, img.masks[0], 2).loc["1", "dice"] > 0.7
     assert (tmp_path / "seg" / "slide.tif").exists()
     assert (tmp_path / "seg" / "slide.geojson").exists()
     assert "textured_fraction" in (tmp_path / "seg" / "areas.csv").read_text()
@@ -398,7 +398,7 @@ def test_segment_pyramid_at_coarse_mpp(synthetic_slide):
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
     truth = DarkIsForeground().predict_proba(x)[0, 1].numpy() > 0.5
     assert truth.mean() > 0.01
-    dice = mm.tl.dice_jaccard(
+    dice = mm.metrics.dice_jaccard(
         fine.mask[: truth.shape[0], : truth.shape[1]], truth.astype(np.uint8), 2
     )
     assert dice.loc["1", "dice"] > 0.8  # different resampling paths flip small nuclei
