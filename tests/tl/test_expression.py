@@ -12,7 +12,8 @@ import scipy.stats
 import mmpath as mm
 from mmpath import _keys as K
 from mmpath.errors import ConfigError, DataError, SlideError
-from mmpath.tl.expression import ExpressionModel, pearson_per_gene, spearman_per_gene
+from mmpath.metrics import pearson_per_gene, spearman_per_gene
+from mmpath.tl.expression import ExpressionModel
 
 FAST_TORCH = {"epochs": 40, "batch_size": 128}
 
