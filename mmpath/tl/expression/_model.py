@@ -231,26 +231,43 @@ class ExpressionModel:
         return x.astype(np.float32), None if g is None else g.astype(np.float32)
 
     def _build(self, d_img: int, d_gen: int, n_genes: int):
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import heads  # importing the package registers the entries
 
         p = self.params
         if self.method == "contrastive":
-            return H.ContrastiveHeads(d_img, n_genes, p["dim"], p["temperature"], p["dropout"])
+            return heads.create(
+                "expr-contrastive",
+                d_img=d_img,
+                n_genes=n_genes,
+                dim=p["dim"],
+                temperature=p["temperature"],
+                dropout=p["dropout"],
+            )
         if self.fusion == "gated":
-            return H.GatedFusionHead(d_img, d_gen, n_genes, p["hidden"], p["dropout"])
-        return H.MLPHead(d_img + d_gen, n_genes, p["hidden"], p["dropout"])
+            return heads.create(
+                "expr-gated",
+                d_img=d_img,
+                d_gen=d_gen,
+                d_out=n_genes,
+                hidden=p["hidden"],
+                dropout=p["dropout"],
+            )
+        return heads.create(
+            "expr-mlp", d_in=d_img + d_gen, d_out=n_genes, hidden=p["hidden"], dropout=p["dropout"]
+        )
 
     def init_torch(self, X, Y, G):
         """Standardise inputs/targets (stored in ``state``) and build the untrained module.
 
-        Returns ``(module, x, g, y)`` with standardised float32 arrays; the shared training
-        core (``mmpath train expr``) uses this and :meth:`finish_torch` around its own loop.
+        Returns ``(module, x, g, y)`` with standardised float32 arrays; the training task
+        (:class:`mmpath.train.tasks.expr.ExprHeadTask`) uses this and :meth:`finish_torch`
+        around the one loop.
         """
         return self._fit_torch_common(X, Y, G)
 
     def finish_torch(self, module, Y, y) -> None:
         """Store the trained module's weights (and, for contrastive, the reference spots)."""
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         module.eval()
         for k, v in H.state_to_numpy(module).items():
@@ -274,39 +291,19 @@ class ExpressionModel:
         module = self._build(X.shape[1], 0 if G is None else G.shape[1], Y.shape[1])
         return module, x, g, y
 
-    def _train(self, module, loss_fn, arrays):
-        from mmpath.tl.expression import _heads as H
-
-        p = self.params
-        self.history = H.fit_module(
-            module,
-            loss_fn,
-            arrays,
-            epochs=int(p["epochs"]),
-            batch_size=int(p["batch_size"]),
-            lr=float(p["lr"]),
-            weight_decay=float(p["weight_decay"]),
-            seed=int(p["seed"]),
-        )
-
     def _fit_mlp(self, X, Y, G):
-        import torch.nn.functional as F
+        from mmpath.train.tasks.expr import fit_in_memory
 
-        module, x, g, y = self._fit_torch_common(X, Y, G)
-        if g is None:
-            self._train(module, lambda a, b: F.mse_loss(module(a), b), [x, y])
-        else:
-            self._train(module, lambda a, c, b: F.mse_loss(module(a, c), b), [x, g, y])
-        self.finish_torch(module, Y, y)
+        self.history = fit_in_memory(self, X, Y, G)
 
     def _fit_contrastive(self, X, Y, G):
-        module, x, _, y = self._fit_torch_common(X, Y, None)
-        self._train(module, module.loss, [x, y])
-        self.finish_torch(module, Y, y)
+        from mmpath.train.tasks.expr import fit_in_memory
+
+        self.history = fit_in_memory(self, X, Y, None)
 
     # -- prediction ---------------------------------------------------------------------------
     def _module(self):
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         d_img = self.state["x_mean"].shape[0]
         d_gen = self.state["g_mean"].shape[0] if "g_mean" in self.state else 0
@@ -334,7 +331,7 @@ class ExpressionModel:
             raise DataError(f"this model fuses a genomic vector ({self.fusion}); pass genomic=")
         if self.method == "ridge":
             return self._predict_ridge(X, G if self.fusion else None, batch_size)
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         module = self._module()
         x, g = self._torch_inputs(X, G if self.fusion else None)
@@ -355,7 +352,7 @@ class ExpressionModel:
         return out
 
     def _predict_contrastive(self, module, x, batch_size):
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         ref = self.state["ref_embeddings"]
         expr = self.state["ref_expression"]
