@@ -1,12 +1,16 @@
 """The fitted expression model: array-level fitting per method, prediction, save/load.
 
-A saved model is a folder, written atomically::
+A saved model is a folder in the one model-folder format (:mod:`mmpath.models.folder`),
+written atomically::
 
-    config.json           method, genes spec, target processing, embedding key/encoder,
-                          fusion, genomic columns, hyper-parameters, mmpath version
-    genes.txt             the predicted genes, one per line, in output order
-    weights.safetensors   every fitted array (PCA, ridge, torch state, references)
+    config.yaml           format: mmpath-expression, kind (= method), the predicted genes in
+                          output order, genes spec, target processing, embedding key/encoder,
+                          fusion, genomic columns, hyper-parameters, mmpath version, sha256
+    model.safetensors     every fitted array (PCA, ridge, torch state, references)
     scores.csv, summary.csv, pearson.png   the cross-validation report, when one was made
+
+Folders written before the one format (``config.json`` + ``genes.txt`` +
+``weights.safetensors``) still load.
 
 Weights hold plain arrays (safetensors), so loading never unpickles code. The ridge model is
 fitted with scikit-learn (``Pipeline(PCA(256), Ridge)``, the HEST-Benchmark protocol) and
@@ -16,7 +20,6 @@ pipeline's ``predict``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -27,7 +30,7 @@ import numpy as np
 
 from mmpath._version import __version__
 from mmpath.errors import ConfigError, DataError
-from mmpath.io._atomic import atomic_path, check_replaceable, recover
+from mmpath.io._atomic import atomic_path, recover
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
     },
 }
+FORMAT = "mmpath-expression"
+# the layout written before the one model-folder format (still read)
 CONFIG_FILE, GENES_FILE, WEIGHTS_FILE = "config.json", "genes.txt", "weights.safetensors"
 MODEL_FILES = (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE)
 
 
 def check_save_target(path) -> None:
     """Refuse a non-empty folder that is not an expression model (saving replaces it whole)."""
-    check_replaceable(path, MODEL_FILES, "expression model")
+    from mmpath.models.folder import check_replaceable_model
+
+    check_replaceable_model(path, FORMAT, "expression model")
 
 
 def resolve_params(method: str, fusion: str | None, params: dict | None) -> dict[str, Any]:
@@ -392,12 +399,11 @@ class ExpressionModel:
 
     def write_into(self, folder: Path, *, report=None) -> None:
         """Write the model files into an existing (temporary) folder; :meth:`save` is atomic."""
-        from safetensors.numpy import save_file
+        from mmpath.models.folder import write_model_folder
 
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=str))
-        (folder / GENES_FILE).write_text("\n".join(self.genes) + "\n")
-        arrays = {k: np.ascontiguousarray(v) for k, v in self.state.items()}
-        save_file(arrays, str(folder / WEIGHTS_FILE))
+        config = {"kind": self.method, **self.config(), "genes": list(self.genes)}
+        config.pop("mmpath_version")
+        write_model_folder(folder, FORMAT, _plain(config), self.state)
         if report is not None:
             from mmpath.tl.expression._report import write_report
 
@@ -405,26 +411,46 @@ class ExpressionModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ExpressionModel:
-        """Read a model folder written by :meth:`save`."""
-        from safetensors.numpy import load_file
+        """Read a model folder written by :meth:`save` (or by an older version)."""
+        from mmpath.errors import WeightsError
+        from mmpath.models.folder import folder_format, read_model_folder
 
         path = Path(path)
         recover(path)  # a save killed between its two renames
-        files = MODEL_FILES
-        if not (path / CONFIG_FILE).exists() and all((path / "model" / f).is_file() for f in files):
+        if folder_format(path) != FORMAT and folder_format(path / "model") == FORMAT:
             path = path / "model"  # a `mmpath train expr` run folder: its model/ sub-folder
-        missing = [f for f in files if not (path / f).exists()]
-        if missing:
+        if folder_format(path) != FORMAT:
             raise DataError(
-                f"{str(path)!r} is not an expression model folder (missing {', '.join(missing)}); "
-                "make one with `mmpath expr fit` or ExpressionModel.save"
+                f"{str(path)!r} is not an expression model folder (no config.yaml of format "
+                f"{FORMAT}, nor the older {', '.join(MODEL_FILES)}); make one with "
+                "`mmpath expr fit` or ExpressionModel.save"
             )
-        cfg = json.loads((path / CONFIG_FILE).read_text())
-        genes = [g for g in (path / GENES_FILE).read_text().splitlines() if g]
+        try:
+            stored = read_model_folder(path, FORMAT)
+        except WeightsError as err:
+            raise DataError(str(err)) from None
+        cfg = stored.config
+        if stored.legacy:
+            genes = [g for g in (path / GENES_FILE).read_text().splitlines() if g]
+        else:
+            genes = [str(g) for g in cfg["genes"]]
         known = {"method", "use_rep", "encoder", "targets", "fusion", "genomic_columns", "params"}
         model = cls(genes=genes, **{k: v for k, v in cfg.items() if k in known})
-        model.state = dict(load_file(str(path / WEIGHTS_FILE)))
+        model.state = stored.tensors("np")
         return model
+
+
+def _plain(obj: Any) -> Any:
+    """YAML-safe plain values (numpy scalars and tuples become Python scalars and lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)  # as the JSON config did (default=str)
 
 
 def _unit(t):

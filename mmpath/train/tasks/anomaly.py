@@ -6,13 +6,13 @@ It plugs into the one loop (:func:`mmpath.train.fit`) like every task.
   only, loss recon + beta * KL. Data: synthetic normal tiles, or tile tables / image folders
   of normal tissue (read by :func:`mmpath.train.data.load_table`). At export the joint
   distribution of (reconstruction error, PNG complexity) over the normal training tiles is
-  fitted and stored in the model folder (``head.yaml`` ``extra.complexity``): it is what the
+  fitted and stored in the model folder (``config.yaml`` ``extra.complexity``): it is what the
   default, complexity-aware score needs (:mod:`mmpath.tl._complexity`). Validation reports
   the reconstruction error, and AUROC of the default score and of the raw error when the
   synthetic source adds anomalous held-out tiles.
 
 The model folder (``<out>/model``) is what :func:`mmpath.models.heads.load_trained_head`
-reads: ``head.yaml`` + ``model.safetensors``.
+reads: ``config.yaml`` (``format: mmpath-head``) + ``model.safetensors``.
 """
 
 from __future__ import annotations
