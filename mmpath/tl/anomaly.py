@@ -77,10 +77,10 @@ def anomaly(
     >>> mm.tl.anomaly(tiles, "runs/vae1")
     >>> mm.pl.tiles(tiles, color="anomaly_score")
     """
-    import torch
     import torch.nn.functional as F
 
     from mmpath.io import iter_tiles
+    from mmpath.models.transform import scale, to_chw
     from mmpath.tl._complexity import ComplexityCalibration, vae_scores
     from mmpath.tl.segment import load_head
 
@@ -105,7 +105,7 @@ def anomaly(
     for idx, batch in iter_tiles(
         adata, batch_size=batch_size, slide=slide, num_workers=num_workers, remap=remap
     ):
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+        x = scale(to_chw(batch, device=device))  # the VAE reads [0, 1] images
         if x.shape[-1] != S:
             x = F.interpolate(x, size=(S, S), mode="bilinear", antialias=True)
         res = vae_scores(vae, x, cal)

@@ -119,16 +119,17 @@ class PatchCore:
             raise DataError(f"expected (n, H, W, 3) RGB images, got shape {imgs.shape}")
         data = self.encoder.info.data
         size = data.input_size
-        mean = torch.tensor(data.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(data.std, device=self.device).view(1, 3, 1, 1)
+        from mmpath.models.transform import normalize, scale, to_chw
+
         out = []
         for i in range(0, len(imgs), self.batch_size):
-            x = torch.from_numpy(imgs[i : i + self.batch_size]).to(self.device)
-            x = x.permute(0, 3, 1, 2).float().div_(255)
+            x = scale(to_chw(imgs[i : i + self.batch_size], device=self.device))
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
             with torch.no_grad():
-                maps = self.encoder.forward_intermediates((x - mean) / std, self.indices)
+                maps = self.encoder.forward_intermediates(
+                    normalize(x, data.mean, data.std), self.indices
+                )
                 grid = max(tuple(m.shape[-2:]) for m in maps)
                 p = self.neighbourhood or (3 if min(grid) >= 14 else 1)
                 pooled = [

@@ -131,14 +131,13 @@ class SegmentationResult:
 def _predictor(head, device: str) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
+    from mmpath.models.transform import to_tensor
+
     model = head.model.to(device).eval()
-    mean = torch.tensor(head.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(head.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     proba = getattr(model, "predict_proba", None)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
-        x = (x - mean) / std
+        x = to_tensor(batch, head.mean, head.std, device=device)
         with torch.inference_mode():
             p = proba(x) if proba is not None else torch.softmax(model(x), 1)
         return p.float().cpu().numpy()

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mmpath.models.transform import to_tensor
 from mmpath.train.config import TrainConfig
 from mmpath.train.core import LossOutput, TrainingTask
 from mmpath.train.dist import DistEnv
@@ -93,9 +94,7 @@ class _TileDataset:
             img = np.rot90(img, int(rng.integers(4)))
             if rng.random() < 0.5:
                 img = img[:, ::-1]
-        return torch.from_numpy(
-            np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) / 255
-        )
+        return to_tensor(img)  # the VAE reads [0, 1] images (no mean/std)
 
     def __getitem__(self, key):
         from mmpath.train.augment import sample_rng
@@ -167,7 +166,7 @@ class AnomalyTask(TrainingTask):
         from mmpath.tl.seg_metrics import anomaly_metrics
 
         device = next(self.module.parameters()).device
-        x = torch.from_numpy(self.val_images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+        x = to_tensor(self.val_images)
         scores = vae_scores(self.module, x.to(device), self.calibrate())
         res = anomaly_metrics(scores["typicality"], self.val_labels)
         raw = scores["recon_error"]

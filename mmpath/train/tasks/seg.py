@@ -17,7 +17,7 @@ folder are.
   than ``data.tile_size`` are randomly cropped (seeded per sample); flips and 90° rotations
   apply to image and mask together.
 The model folder (``<out>/model``) is what :func:`mmpath.models.heads.load_trained_head`
-reads: ``head.yaml`` + ``model.safetensors``.
+reads: ``config.yaml`` (``format: mmpath-head``) + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mmpath.errors import ConfigError, DataError
+from mmpath.models.transform import to_tensor
 from mmpath.train.config import TrainConfig
 from mmpath.train.core import LossOutput, TrainingTask
 from mmpath.train.dist import DistEnv
@@ -200,8 +201,7 @@ class _PairDataset:
 
     def __init__(self, images, masks, size: int, mean, std, *, seed: int, flips: bool):
         self.images, self.masks, self.size = images, masks, size
-        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.seed, self.flips = seed, flips
 
     def __len__(self) -> int:
@@ -219,9 +219,9 @@ class _PairDataset:
             img, m = np.rot90(img, k), np.rot90(m, k)
             if rng.random() < 0.5:
                 img, m = img[:, ::-1], m[:, ::-1]
-        x_t = np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) / 255 - self.mean
-        x_t = x_t / self.std
-        return torch.from_numpy(x_t), torch.from_numpy(np.ascontiguousarray(m).astype(np.int64))
+        return to_tensor(img, self.mean, self.std), torch.from_numpy(
+            np.ascontiguousarray(m).astype(np.int64)
+        )
 
     def __getitem__(self, key):
         from mmpath.train.augment import sample_rng
