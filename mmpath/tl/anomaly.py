@@ -129,7 +129,7 @@ def anomaly(
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, maps=maps, obs_names=np.asarray(adata.obs_names, str))
         record["error_maps"] = str(path)
-    _prov.root(adata).setdefault(K.UNS_ANOMALY, {})[key_added] = record
+    _prov.record_run(adata, "anomaly", key_added, record)
 
 
 def kcenter_coreset(x: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
@@ -229,10 +229,11 @@ def anomaly_knn(
     order = np.argsort(self_hit, axis=1, kind="stable")
     d = np.take_along_axis(dist, order, 1)[:, :k]
     adata.obs[f"{key_added}_score"] = np.sqrt(np.maximum(d, 0)).mean(1).astype(np.float32)
-    _prov.root(adata).setdefault(K.UNS_ANOMALY, {})[key_added] = {
+    record = {
         "method": "knn",
         "use_rep": use_rep,
         "k": int(k),
         "bank_size": int(len(bank_idx)),
         "coreset": coreset,
     }
+    _prov.record_run(adata, "anomaly", key_added, record)

@@ -147,7 +147,7 @@ def predict_slides(
         }
         if attention and net.has_attention:
             table.obs[att_key] = att
-        _prov.root(table).setdefault(K.UNS_MIL, {})[key_added] = record
+        _prov.record_run(table, "mil", key_added, record)
     obs = pd.DataFrame(rows)
     if obs[K.SLIDE_ID].duplicated().any():
         dup = obs.loc[obs[K.SLIDE_ID].duplicated(), K.SLIDE_ID].tolist()[:5]
@@ -156,11 +156,7 @@ def predict_slides(
     if task == "classification":
         obs[key_added] = pd.Categorical(obs[key_added], categories=classes)
     slides = ad.AnnData(obs=obs)
-    slides.uns[K.UNS] = {
-        K.UNS_VERSION: __version__,
-        K.UNS_SLIDES: slides_prov,
-        K.UNS_MIL: {key_added: record},
-    }
+    _prov.new_root(slides, slides_prov, "mil", key_added, record)
     log.info("predicted %d slides with %s (%s)", len(obs), head.path or "a MIL head", task)
     return slides
 

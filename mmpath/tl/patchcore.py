@@ -253,7 +253,7 @@ def anomaly_patchcore(
     bank_ids[bank_idx] = np.arange(len(bank_idx))
     scores, _ = pc.score(features=feats, bank_ids=bank_ids)
     adata.obs[f"{key_added}_score"] = scores
-    _prov.root(adata).setdefault(K.UNS_ANOMALY, {})[key_added] = {
+    record = {
         "method": "patchcore",
         "encoder": pc.name,
         "indices": [int(i) for i in pc.indices],
@@ -261,3 +261,4 @@ def anomaly_patchcore(
         "coreset": float(coreset),
         "bank_patches": int(len(pc.bank)),
     }
+    _prov.record_run(adata, "anomaly", key_added, record)
