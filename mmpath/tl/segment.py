@@ -102,7 +102,7 @@ class SegmentationResult:
         formats: Sequence[str] = ("png", "geojson"),
     ) -> list[Path]:
         """Write the mask as ``<stem>.png`` / ``.tif`` and polygons as ``<stem>.geojson``."""
-        from mmpath.tl._mask_export import (
+        from mmpath.io.masks import (
             mask_to_features,
             write_geojson,
             write_mask_png,
