@@ -132,6 +132,30 @@ def anomaly(
     _prov.record_run(adata, "anomaly", key_added, record)
 
 
+def _knn_distance(
+    bank: np.ndarray,
+    bank_group: np.ndarray,
+    queries: np.ndarray,
+    query_group: np.ndarray,
+    k: int,
+    *,
+    extra: int = 0,
+) -> np.ndarray:
+    """Mean Euclidean distance of each query to its ``k`` nearest bank vectors (exact, faiss
+    ``IndexFlatL2``), skipping bank vectors of the query's own group (leave-one-out: a tile's
+    own bank entry, or its own patches); ``extra`` = how many of those a query can meet.
+    Used by :func:`anomaly_knn` and PatchCore."""
+    import faiss
+
+    index = faiss.IndexFlatL2(bank.shape[1])
+    index.add(np.ascontiguousarray(bank, np.float32))
+    dist, nn = index.search(np.ascontiguousarray(queries, np.float32), min(len(bank), k + extra))
+    same = np.asarray(bank_group)[nn] == np.asarray(query_group)[:, None]
+    order = np.argsort(same, axis=1, kind="stable")  # other groups first, nearest first
+    d = np.take_along_axis(dist, order, 1)[:, :k]
+    return np.sqrt(np.maximum(d, 0)).mean(1).astype(np.float32)
+
+
 def kcenter_coreset(x: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
     """Indices of ``n`` rows chosen by greedy k-centre (PatchCore's coreset subsampling).
 
@@ -200,7 +224,6 @@ def anomaly_knn(
     >>> mm.tl.anomaly_knn(tiles, use_rep="X_uni", normal="is_normal")
     >>> mm.tl.anomaly_metrics(tiles.obs["anomaly_knn_score"], ~tiles.obs["is_normal"])
     """
-    import faiss
 
     if use_rep not in adata.obsm:
         raise DataError(
@@ -220,15 +243,9 @@ def anomaly_knn(
         bank_idx = bank_idx[kcenter_coreset(X[bank_idx], int(np.ceil(coreset * len(bank_idx))))]
     if len(bank_idx) <= k:
         raise DataError(f"the normal bank has {len(bank_idx)} tiles; need more than k={k}")
-    index = faiss.IndexFlatL2(X.shape[1])
-    index.add(X[bank_idx])
-    dist, nn = index.search(X, k + 1)
-    neigh = bank_idx[nn]
-    self_hit = neigh == np.arange(adata.n_obs)[:, None]
-    # drop each tile's own bank entry (leave-one-out), keep the first k of the rest
-    order = np.argsort(self_hit, axis=1, kind="stable")
-    d = np.take_along_axis(dist, order, 1)[:, :k]
-    adata.obs[f"{key_added}_score"] = np.sqrt(np.maximum(d, 0)).mean(1).astype(np.float32)
+    # each tile's own bank entry is skipped (leave-one-out)
+    scores = _knn_distance(X[bank_idx], bank_idx, X, np.arange(adata.n_obs), k, extra=1)
+    adata.obs[f"{key_added}_score"] = scores
     record = {
         "method": "knn",
         "use_rep": use_rep,

@@ -173,7 +173,7 @@ class PatchCore:
         ``bank_ids[i]`` is the bank tile index of image ``i`` (``-1`` for others): its own
         patches are skipped (leave-one-out).
         """
-        import faiss
+        from mmpath.tl.anomaly import _knn_distance
 
         if self.bank is None:
             raise DataError("PatchCore has no memory bank: call fit(normal_images) first")
@@ -182,14 +182,8 @@ class PatchCore:
         q = np.ascontiguousarray(f.reshape(-1, c), np.float32)
         own = np.repeat(np.full(n, -1) if bank_ids is None else np.asarray(bank_ids), h * w)
         extra = h * w if (own >= 0).any() else 0
-        index = faiss.IndexFlatL2(c)
-        index.add(self.bank)
-        kk = min(len(self.bank), self.k + extra)
-        dist, nn = index.search(q, kk)
-        same = self.bank_tile[nn] == own[:, None]
-        order = np.argsort(same, axis=1, kind="stable")  # other tiles' patches first
-        d = np.take_along_axis(dist, order, 1)[:, : self.k]
-        patch = np.sqrt(np.maximum(d, 0)).mean(1).reshape(n, h, w).astype(np.float32)
+        dist = _knn_distance(self.bank, self.bank_tile, q, own, self.k, extra=extra)
+        patch = dist.reshape(n, h, w)
         return patch.reshape(n, -1).max(1), patch
 
 
