@@ -49,7 +49,7 @@ def anomaly_figures(out: Path) -> dict:
     from mmpath.config import load_config
     from mmpath.datasets.stromal import stromal_nuclei
     from mmpath.models.heads import load_trained_head
-    from mmpath.tl._complexity import ComplexityCalibration, vae_scores
+    from mmpath.models.heads._complexity import ComplexityCalibration, vae_scores
     from mmpath.tl.seg_metrics import anomaly_metrics
     from mmpath.train import fit, get_task
 

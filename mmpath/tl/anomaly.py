@@ -2,9 +2,9 @@
 
 * :func:`anomaly` runs a VAE head (``mmpath train anomaly``) over a tile table. The default
   ``obs["<key>_score"]`` is complexity-aware (the ``typicality`` of
-  :mod:`mmpath.tl._complexity`): raw reconstruction error mostly measures how busy a tile is,
-  so on real stroma it ranked smoother tumour nuclei *below* normal ones (AUROC 0.07). The raw
-  scores stay available as ``<key>_recon_error`` and ``<key>_latent_nll``, with
+  :mod:`mmpath.models.heads._complexity`): raw reconstruction error mostly measures how busy
+  a tile is, so on real stroma it ranked smoother tumour nuclei *below* normal ones (AUROC
+  0.07). The raw scores stay available as ``<key>_recon_error`` and ``<key>_latent_nll``, with
   ``<key>_complexity`` (PNG bits/px) and ``<key>_corrected`` (error minus what normal tiles of
   that complexity get); per-pixel error maps can be written to a file.
   ``mm.pl.tiles(tiles, color="anomaly_score")`` draws the heatmap over the slide.
@@ -80,8 +80,8 @@ def anomaly(
     import torch.nn.functional as F
 
     from mmpath.io import iter_tiles
+    from mmpath.models.heads._complexity import ComplexityCalibration, vae_scores
     from mmpath.models.transform import scale, to_chw
-    from mmpath.tl._complexity import ComplexityCalibration, vae_scores
     from mmpath.tl.segment import load_head
 
     head = load_head(model, "anomaly")

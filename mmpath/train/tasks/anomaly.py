@@ -7,7 +7,7 @@ It plugs into the one loop (:func:`mmpath.train.fit`) like every task.
   of normal tissue (read by :func:`mmpath.train.data.load_table`). At export the joint
   distribution of (reconstruction error, PNG complexity) over the normal training tiles is
   fitted and stored in the model folder (``config.yaml`` ``extra.complexity``): it is what the
-  default, complexity-aware score needs (:mod:`mmpath.tl._complexity`). Validation reports
+  default, complexity-aware score needs (:mod:`mmpath.models.heads._complexity`). Validation reports
   the reconstruction error, and AUROC of the default score and of the raw error when the
   synthetic source adds anomalous held-out tiles.
 
@@ -141,7 +141,7 @@ class AnomalyTask(TrainingTask):
 
     def calibrate(self, max_tiles: int = 2048):
         """Fit the (recon error, complexity) calibration on normal training tiles."""
-        from mmpath.tl._complexity import ComplexityCalibration, vae_scores
+        from mmpath.models.heads._complexity import ComplexityCalibration, vae_scores
 
         n = len(self.train_set)
         idx = np.arange(n)
@@ -162,7 +162,7 @@ class AnomalyTask(TrainingTask):
     def evaluate(self, epoch: int) -> dict[str, float]:
         if self.val_images is None:
             return {}
-        from mmpath.tl._complexity import vae_scores
+        from mmpath.models.heads._complexity import vae_scores
         from mmpath.tl.seg_metrics import anomaly_metrics
 
         device = next(self.module.parameters()).device
