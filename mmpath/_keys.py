@@ -61,7 +61,27 @@ def class_key(prefix: str, name: str) -> str:
     Lowercase, every run of characters outside ``[a-z0-9]`` becomes one ``_``:
     ``class_key("zs", "Tumor tissue")`` is ``"zs_tumor_tissue"``.
     """
-    return f"{prefix}_{_CLASS_BAD.sub('_', name.lower()).strip('_')}"
+    return class_column(prefix, name)
+
+
+def class_column(key: str, name: str, measure: str = "", *, layout: str = "rule") -> str:
+    """The one naming rule of per-class obs columns: ``<key>_<class>[_<measure>]``.
+
+    ``layout="rule"``: the class sanitised as :func:`class_key` (zero-shot ``zs_tumor``);
+    two layouts older than the rule are kept because users read those columns:
+    ``"slug"``, the class through :func:`slugify` (segmentation ``seg_stroma_frac``), and
+    ``"label"``, ``<key>_<measure>_<label>`` with the label verbatim
+    (``annotation_frac_Stroma``).
+    """
+    if layout == "label":
+        return f"{key}_{measure}_{name}" if measure else f"{key}_{name}"
+    if layout == "slug":
+        slug = slugify(name)
+    elif layout == "rule":
+        slug = _CLASS_BAD.sub("_", name.lower()).strip("_")
+    else:
+        raise ValueError(f"layout must be 'rule', 'slug' or 'label', got {layout!r}")
+    return f"{key}_{slug}_{measure}" if measure else f"{key}_{slug}"
 
 
 # spatial transcriptomics (spot tiles; image-to-RNA)

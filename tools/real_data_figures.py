@@ -50,7 +50,7 @@ def anomaly_figures(out: Path) -> dict:
     from mmpath.datasets.stromal import stromal_nuclei
     from mmpath.metrics import anomaly_metrics
     from mmpath.models.heads import load_trained_head
-    from mmpath.tl._complexity import ComplexityCalibration, vae_scores
+    from mmpath.models.heads._complexity import ComplexityCalibration, vae_scores
     from mmpath.train import fit, get_task
 
     torch.manual_seed(0)

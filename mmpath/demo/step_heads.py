@@ -67,7 +67,7 @@ def _train(task: str, out, overrides: list[str]):
 def _overlay(slide, res):
     import matplotlib.pyplot as plt
 
-    from mmpath.tl._mask_export import palette
+    from mmpath.io.masks import palette
 
     thumb = slide.get_thumbnail(768)
     H, W = thumb.shape[:2]

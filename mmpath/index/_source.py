@@ -20,6 +20,7 @@ import numpy as np
 from mmpath import _keys as K
 from mmpath.errors import DataError, IndexError_
 from mmpath.io import _prov
+from mmpath.io._partial import open_h5, read_parts
 
 __all__ = ["as_paths", "read_table", "scan", "Scan"]
 
@@ -56,37 +57,13 @@ def as_paths(source) -> list[Path] | None:
     return paths
 
 
-def _open(path: Path):
-    import h5py
-
-    try:
-        return h5py.File(path, "r")
-    except Exception as err:  # noqa: BLE001 - h5py raises many types for damaged files
-        raise DataError(
-            f"cannot read {str(path)!r} as an .h5ad table ({err}); re-create it"
-        ) from None
+_open = open_h5  # the one partial reader lives in mmpath.io._partial
 
 
 def _read_parts(path: Path, use_rep: str | None, rows: np.ndarray | None = None):
-    """``(obs, uns_mmpath, vectors_or_shape)`` of one file, reading nothing else."""
-    from anndata.io import read_elem
-
-    with _open(path) as f:
-        try:
-            obs = read_elem(f["obs"])
-            uns = read_elem(f["uns"][K.UNS]) if "uns" in f and K.UNS in f["uns"] else {}
-            obsm = f.get("obsm", {})
-            if use_rep is None or use_rep not in obsm:
-                keys = [k for k in obsm if k.startswith(K.REP_PREFIX)]
-                return obs, uns, keys
-            elem = obsm[use_rep]
-            if rows is None:
-                return obs, uns, read_elem(elem)
-            if hasattr(elem, "shape") and not hasattr(elem, "keys"):  # a dense dataset
-                return obs, uns, elem[np.sort(rows)] if len(rows) else elem[:0]
-            return obs, uns, np.asarray(read_elem(elem))[rows]
-        except (KeyError, OSError, TypeError, ValueError) as err:
-            raise DataError(f"cannot read {str(path)!r} as a tile table ({err})") from None
+    """``(obs, uns_mmpath, vectors, or the file's embedding keys when use_rep is absent)``."""
+    parts = read_parts(path, use_rep, rows=rows)
+    return parts.obs, parts.uns, parts.rep_keys if parts.rep is None else parts.rep
 
 
 def read_light(path: Path):

@@ -19,7 +19,6 @@ or mismatched index is refused with a clear error instead of answering wrongly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from mmpath.errors import IndexError_
 from mmpath.index import _faiss as F
 from mmpath.index._meta import MetaStore
 from mmpath.io._atomic import atomic_path, interrupted_hint, recover
+from mmpath.io._digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,7 @@ MANIFEST_FILE = "manifest.json"
 MEMORY_MAX = 1_000_000
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_file  # the one file digest (mmpath.io._digest)
 
 
 def write_index(index, path: Path) -> None:

@@ -1,4 +1,12 @@
-"""Provenance in ``uns["mmpath"]``: the only code that touches that dict's layout."""
+"""Provenance in ``uns["mmpath"]``: the only code that touches that dict's layout.
+
+Every step records its resolved parameters with one writer, :func:`record_run`
+(``record_run(adata, step, key, record)``), and reads them back with :func:`run_record`; a
+step that makes a new table (a slide table) starts its provenance with :func:`new_root`. The
+records live in ``uns["mmpath"][<section>][key]``: ``runs`` for most steps, and the sections
+that segmentation (``segment``), anomaly scoring (``anomaly``) and MIL (``mil``) have always
+used (:data:`SECTIONS`), kept so tables written before keep reading the same.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +39,42 @@ def root(adata) -> dict[str, Any]:
         node = adata.uns[K.UNS] = {K.UNS_VERSION: __version__, K.UNS_SLIDES: {}}
     node.setdefault(K.UNS_SLIDES, {})
     return node
+
+
+#: step -> section of ``uns["mmpath"]`` holding its records (any other step: ``runs``)
+SECTIONS = {
+    "segment": K.UNS_SEGMENT,
+    "anomaly": K.UNS_ANOMALY,
+    "mil": K.UNS_MIL,
+}
+
+
+def _section(step: str) -> str:
+    return SECTIONS.get(step, K.UNS_RUNS)
+
+
+def record_run(adata, step: str, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Store ``record`` (JSON-able) as the provenance of ``step`` run under ``key``.
+
+    A re-run under the same key replaces the record; the previous one is returned (plain
+    Python) so the step can drop the columns it wrote, or ``None``.
+    """
+    node = root(adata).setdefault(_section(step), {})
+    previous = node.get(key)
+    node[key] = record
+    return None if previous is None else plain(previous)
+
+
+def run_record(adata, step: str, key: str) -> dict[str, Any] | None:
+    """The record :func:`record_run` stored for ``step`` under ``key`` (plain), or ``None``."""
+    node = (adata.uns.get(K.UNS) or {}).get(_section(step)) or {}
+    return plain(node[key]) if key in node else None
+
+
+def new_root(adata, slides: dict[str, Any], step: str, key: str, record: dict[str, Any]) -> None:
+    """Provenance of a table a step made (a slide table): its slides and the step's record."""
+    adata.uns[K.UNS] = {K.UNS_VERSION: __version__, K.UNS_SLIDES: dict(slides)}
+    record_run(adata, step, key, record)
 
 
 def slide_ids(adata) -> list[str]:

@@ -33,6 +33,7 @@ from mmpath import _keys as K
 from mmpath.errors import DataError
 from mmpath.io import _prov
 from mmpath.io._atomic import atomic_path
+from mmpath.io._partial import read_parts
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +73,8 @@ def expand_tables(specs: str | os.PathLike[str] | Sequence[Any]) -> list[Path]:
 
 def _read_parts(path: Path, use_rep: str) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
     """``(obs, obsm[use_rep] or None, uns['mmpath'] subset)`` without reading X or layers."""
-    import h5py
-    from anndata.io import read_elem
-
-    try:
-        with h5py.File(path, "r") as f:
-            obs = read_elem(f["obs"])
-            rep = read_elem(f[f"obsm/{use_rep}"]) if f"obsm/{use_rep}" in f else None
-            node: dict[str, Any] = {}
-            for sub in (K.UNS_EMBEDDINGS, K.UNS_SLIDES):
-                key = f"uns/{K.UNS}/{sub}"
-                if key in f:
-                    node[sub] = _prov.plain(read_elem(f[key]))
-    except (OSError, KeyError) as err:
-        raise DataError(f"cannot read tile table {str(path)!r}: {err}") from None
-    return obs, (None if rep is None else np.asarray(rep)), node
+    parts = read_parts(path, use_rep, uns_sections=(K.UNS_EMBEDDINGS, K.UNS_SLIDES))
+    return parts.obs, None if parts.rep is None else np.asarray(parts.rep), parts.uns
 
 
 def iter_table_bags(tables: Any, use_rep: str) -> Iterator[tuple[str, str, np.ndarray, str | None]]:

@@ -137,6 +137,6 @@ def join_metadata(
         if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
             values = values.astype("category")
         adata.obs[col] = values
-    runs = _prov.root(adata).setdefault(K.UNS_RUNS, {})
-    runs["join_metadata"] = {"source": source or "DataFrame", "on": on, "columns": columns}
+    record = {"source": source or "DataFrame", "on": on, "columns": columns}
+    _prov.record_run(adata, "join_metadata", "join_metadata", record)
     log.info("joined %d column(s) for %d slide(s) from %s", len(columns), len(wanted), what)

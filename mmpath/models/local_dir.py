@@ -1,4 +1,5 @@
-"""Our own model folder (``local-dir:``): ``config.yaml`` + ``model.safetensors``.
+"""Our own encoder folder (``local-dir:``): the one model-folder format
+(:mod:`mmpath.models.folder`), ``config.yaml`` + ``model.safetensors``.
 
 ``config.yaml`` says how to rebuild the module without any network or original folder:
 
@@ -28,7 +29,6 @@ WeightsError when its weights cannot be found).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -36,29 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from mmpath._version import __version__
 from mmpath.config import from_dict, to_dict
 from mmpath.errors import ConfigError, WeightsError
 from mmpath.io._atomic import atomic_path, check_replaceable, interrupted_hint, recover
 from mmpath.models.base import Encoder, EncoderInfo
+from mmpath.models.folder import CONFIG_NAME, WEIGHTS_NAME, read_model_folder, write_model_folder
 
 log = logging.getLogger(__name__)
 
 __all__ = ["save_encoder", "load_encoder", "CONFIG_NAME", "WEIGHTS_NAME"]
 
-CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mmpath-encoder"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _ref_prefixes(encoder: Encoder) -> tuple[str, ...]:
@@ -149,19 +138,8 @@ def save_encoder(
 
 
 def _write(tmp: Path, spec: dict[str, Any], state: dict[str, Any], info: EncoderInfo) -> None:
-    from safetensors.torch import save_file
-
-    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    config = {
-        "format": FORMAT,
-        "version": 1,
-        "mmpath_version": __version__,
-        "family": spec["family"],
-        "kwargs": to_dict(spec["kwargs"]),
-        "info": to_dict(info),
-        "sha256": _sha256(tmp / WEIGHTS_NAME),
-    }
-    (tmp / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    config = {"family": spec["family"], "kwargs": to_dict(spec["kwargs"]), "info": to_dict(info)}
+    write_model_folder(tmp, FORMAT, config, state)
 
 
 def _resolve_paths(value: Any, root: Path) -> Any:
@@ -234,13 +212,8 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
             f"{folder} is not an mmpath model folder (no {CONFIG_NAME}); "
             "save one with mmpath.models.save_encoder" + interrupted_hint(folder)
         )
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise WeightsError(f"{path} is not valid YAML ({err})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not an {FORMAT} config")
-    return config
+    # the weights' sha256 is checked when they are read (read_state_dict)
+    return read_model_folder(folder, FORMAT, verify=False).config
 
 
 def load_encoder(folder: str | os.PathLike[str], *, device: Any = None) -> Encoder:

@@ -20,7 +20,6 @@ list of what differs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -37,6 +36,7 @@ from torch import nn
 from mmpath._settings import mmpath_home
 from mmpath.errors import WeightsError
 from mmpath.io._atomic import recover
+from mmpath.io._digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +201,6 @@ def resolve_weights(
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _pick_file(folder: Path, files: Iterable[str]) -> list[Path]:
     for index in SHARD_INDEXES:
         if (folder / index).is_file():
@@ -276,7 +268,7 @@ def read_state_dict(
     location = Path(location)
     paths = _pick_file(location, files) if location.is_dir() else [location]
     if sha256 and len(paths) == 1:
-        actual = _sha256(paths[0])
+        actual = sha256_file(paths[0])
         if actual != sha256.lower():
             raise WeightsError(
                 f"sha256 of {paths[0]} is {actual[:12]}..., expected {sha256[:12]}...: the file "

@@ -176,14 +176,15 @@ def annotate_tiles(
     tiles.obs[key_added] = pd.Categorical.from_codes(codes, categories=labels)
     if fractions:
         for j, label in enumerate(labels):
-            tiles.obs[f"{key_added}_frac_{label}"] = frac[:, j].astype(np.float32)
-    runs = _prov.root(tiles).setdefault(K.UNS_RUNS, {})
-    runs[f"annotate_tiles:{key_added}"] = {
+            column = K.class_column(key_added, label, "frac", layout="label")
+            tiles.obs[column] = frac[:, j].astype(np.float32)
+    record = {
         "source": annotations.source or "",
         "slide_id": slide_id or "",
         "labels": list(labels),
         "min_overlap": float(min_overlap),
     }
+    _prov.record_run(tiles, "annotate_tiles", f"annotate_tiles:{key_added}", record)
     log.info(
         "%s: %d of %d tiles labelled from %d polygons",
         key_added,

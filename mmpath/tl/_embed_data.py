@@ -53,12 +53,13 @@ class Preprocess:
     stain: Any = None  # a picklable mm.pp.StainNormalizer applied to the uint8 tile first
 
     def __call__(self, img: np.ndarray):
-        import torch
         from torchvision.transforms.v2 import functional as F
+
+        from mmpath.models.transform import normalize, scale, to_chw
 
         if self.stain is not None:
             img = self.stain(img)
-        x = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
+        x = to_chw(img)
         if self.resize_to is not None:
             x = F.resize(
                 x,
@@ -68,8 +69,7 @@ class Preprocess:
             )
         if self.crop_to is not None:
             x = F.center_crop(x, [self.crop_to, self.crop_to])
-        x = F.to_dtype(x, torch.float32, scale=True)
-        return F.normalize(x, list(self.mean), list(self.std))
+        return normalize(scale(x), self.mean, self.std)
 
     def describe(self) -> dict[str, Any]:
         out = {"tile_size": self.size, "resize_to": self.resize_to, "crop_to": self.crop_to}

@@ -2,9 +2,9 @@
 
 * :func:`anomaly` runs a VAE head (``mmpath train anomaly``) over a tile table. The default
   ``obs["<key>_score"]`` is complexity-aware (the ``typicality`` of
-  :mod:`mmpath.tl._complexity`): raw reconstruction error mostly measures how busy a tile is,
-  so on real stroma it ranked smoother tumour nuclei *below* normal ones (AUROC 0.07). The raw
-  scores stay available as ``<key>_recon_error`` and ``<key>_latent_nll``, with
+  :mod:`mmpath.models.heads._complexity`): raw reconstruction error mostly measures how busy
+  a tile is, so on real stroma it ranked smoother tumour nuclei *below* normal ones (AUROC
+  0.07). The raw scores stay available as ``<key>_recon_error`` and ``<key>_latent_nll``, with
   ``<key>_complexity`` (PNG bits/px) and ``<key>_corrected`` (error minus what normal tiles of
   that complexity get); per-pixel error maps can be written to a file.
   ``mm.pl.tiles(tiles, color="anomaly_score")`` draws the heatmap over the slide.
@@ -77,11 +77,11 @@ def anomaly(
     >>> mm.tl.anomaly(tiles, "runs/vae1")
     >>> mm.pl.tiles(tiles, color="anomaly_score")
     """
-    import torch
     import torch.nn.functional as F
 
     from mmpath.io import iter_tiles
-    from mmpath.tl._complexity import ComplexityCalibration, vae_scores
+    from mmpath.models.heads._complexity import ComplexityCalibration, vae_scores
+    from mmpath.models.transform import scale, to_chw
     from mmpath.tl.segment import load_head
 
     head = load_head(model, "anomaly")
@@ -105,7 +105,7 @@ def anomaly(
     for idx, batch in iter_tiles(
         adata, batch_size=batch_size, slide=slide, num_workers=num_workers, remap=remap
     ):
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+        x = scale(to_chw(batch, device=device))  # the VAE reads [0, 1] images
         if x.shape[-1] != S:
             x = F.interpolate(x, size=(S, S), mode="bilinear", antialias=True)
         res = vae_scores(vae, x, cal)
@@ -129,7 +129,31 @@ def anomaly(
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, maps=maps, obs_names=np.asarray(adata.obs_names, str))
         record["error_maps"] = str(path)
-    _prov.root(adata).setdefault(K.UNS_ANOMALY, {})[key_added] = record
+    _prov.record_run(adata, "anomaly", key_added, record)
+
+
+def _knn_distance(
+    bank: np.ndarray,
+    bank_group: np.ndarray,
+    queries: np.ndarray,
+    query_group: np.ndarray,
+    k: int,
+    *,
+    extra: int = 0,
+) -> np.ndarray:
+    """Mean Euclidean distance of each query to its ``k`` nearest bank vectors (exact, faiss
+    ``IndexFlatL2``), skipping bank vectors of the query's own group (leave-one-out: a tile's
+    own bank entry, or its own patches); ``extra`` = how many of those a query can meet.
+    Used by :func:`anomaly_knn` and PatchCore."""
+    import faiss
+
+    index = faiss.IndexFlatL2(bank.shape[1])
+    index.add(np.ascontiguousarray(bank, np.float32))
+    dist, nn = index.search(np.ascontiguousarray(queries, np.float32), min(len(bank), k + extra))
+    same = np.asarray(bank_group)[nn] == np.asarray(query_group)[:, None]
+    order = np.argsort(same, axis=1, kind="stable")  # other groups first, nearest first
+    d = np.take_along_axis(dist, order, 1)[:, :k]
+    return np.sqrt(np.maximum(d, 0)).mean(1).astype(np.float32)
 
 
 def kcenter_coreset(x: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
@@ -200,7 +224,6 @@ def anomaly_knn(
     >>> mm.tl.anomaly_knn(tiles, use_rep="X_uni", normal="is_normal")
     >>> mm.metrics.anomaly_metrics(tiles.obs["anomaly_knn_score"], ~tiles.obs["is_normal"])
     """
-    import faiss
 
     if use_rep not in adata.obsm:
         raise DataError(
@@ -220,19 +243,14 @@ def anomaly_knn(
         bank_idx = bank_idx[kcenter_coreset(X[bank_idx], int(np.ceil(coreset * len(bank_idx))))]
     if len(bank_idx) <= k:
         raise DataError(f"the normal bank has {len(bank_idx)} tiles; need more than k={k}")
-    index = faiss.IndexFlatL2(X.shape[1])
-    index.add(X[bank_idx])
-    dist, nn = index.search(X, k + 1)
-    neigh = bank_idx[nn]
-    self_hit = neigh == np.arange(adata.n_obs)[:, None]
-    # drop each tile's own bank entry (leave-one-out), keep the first k of the rest
-    order = np.argsort(self_hit, axis=1, kind="stable")
-    d = np.take_along_axis(dist, order, 1)[:, :k]
-    adata.obs[f"{key_added}_score"] = np.sqrt(np.maximum(d, 0)).mean(1).astype(np.float32)
-    _prov.root(adata).setdefault(K.UNS_ANOMALY, {})[key_added] = {
+    # each tile's own bank entry is skipped (leave-one-out)
+    scores = _knn_distance(X[bank_idx], bank_idx, X, np.arange(adata.n_obs), k, extra=1)
+    adata.obs[f"{key_added}_score"] = scores
+    record = {
         "method": "knn",
         "use_rep": use_rep,
         "k": int(k),
         "bank_size": int(len(bank_idx)),
         "coreset": coreset,
     }
+    _prov.record_run(adata, "anomaly", key_added, record)

@@ -89,6 +89,7 @@ def predict_slides(
 
     from mmpath._names import check_name
     from mmpath.models.heads import TrainedHead, load_trained_head
+    from mmpath.models.heads.mil import logits_to_outputs
 
     check_name(key_added)
     tables = list(adata) if isinstance(adata, (list, tuple)) else [adata]
@@ -120,19 +121,18 @@ def predict_slides(
                 raise DataError(f"slide {slide!r} has NaN/inf embeddings in {use_rep}; re-embed it")
             with torch.no_grad():
                 out = net(torch.from_numpy(bag).to(dev)[None])
-            logits = out.logits[0].float().cpu()
+            value = logits_to_outputs(
+                out.logits, task, extra.get("y_mean", 0.0), extra.get("y_std", 1.0)
+            )[0]
             row: dict[str, Any] = {K.SLIDE_ID: slide, K.N_TILES: len(idx)}
             if task == "classification":
-                p = logits.softmax(-1).numpy()
-                for c, v in zip(classes, p, strict=True):
+                for c, v in zip(classes, value, strict=True):
                     row[K.class_key(key_added, c)] = float(v)
-                row[key_added] = classes[int(p.argmax())]
+                row[key_added] = classes[int(value.argmax())]
             elif task == "regression":
-                row[f"{key_added}_{K.MIL_VALUE}"] = (
-                    float(logits[0]) * extra["y_std"] + extra["y_mean"]
-                )
+                row[f"{key_added}_{K.MIL_VALUE}"] = float(value)
             else:
-                row[f"{key_added}_{K.MIL_RISK}"] = float(logits[0])
+                row[f"{key_added}_{K.MIL_RISK}"] = float(value)
             if out.attention is not None:
                 att[idx] = out.attention[0].float().cpu().numpy()
             rows.append(row)
@@ -147,7 +147,7 @@ def predict_slides(
         }
         if attention and net.has_attention:
             table.obs[att_key] = att
-        _prov.root(table).setdefault(K.UNS_MIL, {})[key_added] = record
+        _prov.record_run(table, "mil", key_added, record)
     obs = pd.DataFrame(rows)
     if obs[K.SLIDE_ID].duplicated().any():
         dup = obs.loc[obs[K.SLIDE_ID].duplicated(), K.SLIDE_ID].tolist()[:5]
@@ -156,11 +156,7 @@ def predict_slides(
     if task == "classification":
         obs[key_added] = pd.Categorical(obs[key_added], categories=classes)
     slides = ad.AnnData(obs=obs)
-    slides.uns[K.UNS] = {
-        K.UNS_VERSION: __version__,
-        K.UNS_SLIDES: slides_prov,
-        K.UNS_MIL: {key_added: record},
-    }
+    _prov.new_root(slides, slides_prov, "mil", key_added, record)
     log.info("predicted %d slides with %s (%s)", len(obs), head.path or "a MIL head", task)
     return slides
 

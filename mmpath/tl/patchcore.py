@@ -119,16 +119,17 @@ class PatchCore:
             raise DataError(f"expected (n, H, W, 3) RGB images, got shape {imgs.shape}")
         data = self.encoder.info.data
         size = data.input_size
-        mean = torch.tensor(data.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(data.std, device=self.device).view(1, 3, 1, 1)
+        from mmpath.models.transform import normalize, scale, to_chw
+
         out = []
         for i in range(0, len(imgs), self.batch_size):
-            x = torch.from_numpy(imgs[i : i + self.batch_size]).to(self.device)
-            x = x.permute(0, 3, 1, 2).float().div_(255)
+            x = scale(to_chw(imgs[i : i + self.batch_size], device=self.device))
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
             with torch.no_grad():
-                maps = self.encoder.forward_intermediates((x - mean) / std, self.indices)
+                maps = self.encoder.forward_intermediates(
+                    normalize(x, data.mean, data.std), self.indices
+                )
                 grid = max(tuple(m.shape[-2:]) for m in maps)
                 p = self.neighbourhood or (3 if min(grid) >= 14 else 1)
                 pooled = [
@@ -172,7 +173,7 @@ class PatchCore:
         ``bank_ids[i]`` is the bank tile index of image ``i`` (``-1`` for others): its own
         patches are skipped (leave-one-out).
         """
-        import faiss
+        from mmpath.tl.anomaly import _knn_distance
 
         if self.bank is None:
             raise DataError("PatchCore has no memory bank: call fit(normal_images) first")
@@ -181,14 +182,8 @@ class PatchCore:
         q = np.ascontiguousarray(f.reshape(-1, c), np.float32)
         own = np.repeat(np.full(n, -1) if bank_ids is None else np.asarray(bank_ids), h * w)
         extra = h * w if (own >= 0).any() else 0
-        index = faiss.IndexFlatL2(c)
-        index.add(self.bank)
-        kk = min(len(self.bank), self.k + extra)
-        dist, nn = index.search(q, kk)
-        same = self.bank_tile[nn] == own[:, None]
-        order = np.argsort(same, axis=1, kind="stable")  # other tiles' patches first
-        d = np.take_along_axis(dist, order, 1)[:, : self.k]
-        patch = np.sqrt(np.maximum(d, 0)).mean(1).reshape(n, h, w).astype(np.float32)
+        dist = _knn_distance(self.bank, self.bank_tile, q, own, self.k, extra=extra)
+        patch = dist.reshape(n, h, w)
         return patch.reshape(n, -1).max(1), patch
 
 
@@ -252,7 +247,7 @@ def anomaly_patchcore(
     bank_ids[bank_idx] = np.arange(len(bank_idx))
     scores, _ = pc.score(features=feats, bank_ids=bank_ids)
     adata.obs[f"{key_added}_score"] = scores
-    _prov.root(adata).setdefault(K.UNS_ANOMALY, {})[key_added] = {
+    record = {
         "method": "patchcore",
         "encoder": pc.name,
         "indices": [int(i) for i in pc.indices],
@@ -260,3 +255,4 @@ def anomaly_patchcore(
         "coreset": float(coreset),
         "bank_patches": int(len(pc.bank)),
     }
+    _prov.record_run(adata, "anomaly", key_added, record)

@@ -102,7 +102,7 @@ class SegmentationResult:
         formats: Sequence[str] = ("png", "geojson"),
     ) -> list[Path]:
         """Write the mask as ``<stem>.png`` / ``.tif`` and polygons as ``<stem>.geojson``."""
-        from mmpath.tl._mask_export import (
+        from mmpath.io.masks import (
             mask_to_features,
             write_geojson,
             write_mask_png,
@@ -131,14 +131,13 @@ class SegmentationResult:
 def _predictor(head, device: str) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
+    from mmpath.models.transform import to_tensor
+
     model = head.model.to(device).eval()
-    mean = torch.tensor(head.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(head.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     proba = getattr(model, "predict_proba", None)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
-        x = (x - mean) / std
+        x = to_tensor(batch, head.mean, head.std, device=device)
         with torch.inference_mode():
             p = proba(x) if proba is not None else torch.softmax(model(x), 1)
         return p.float().cpu().numpy()
@@ -388,7 +387,7 @@ def _box_fractions(mask: np.ndarray, n: int, boxes: np.ndarray) -> np.ndarray:
 
 def frac_key(key: str, class_name: str) -> str:
     """obs column of a class's per-tile fraction: ``<key>_<class>_frac``."""
-    return f"{key}_{K.slugify(class_name)}_frac"
+    return K.class_column(key, class_name, "frac", layout="slug")
 
 
 def segment(
@@ -467,7 +466,7 @@ def segment(
             res.save(out_dir, stem=f"{sid}.{key_added}", formats=formats)
     for name, col in fracs.items():
         adata.obs[frac_key(key_added, name)] = col
-    _prov.root(adata).setdefault(K.UNS_SEGMENT, {})[key_added] = record
+    _prov.record_run(adata, "segment", key_added, record)
 
 
 def area_table(adata, *, key: str = K.SEG):
@@ -485,7 +484,7 @@ def area_table(adata, *, key: str = K.SEG):
     import anndata as ad
     import pandas as pd
 
-    node = _prov.plain(_prov.root(adata)).get(K.UNS_SEGMENT, {}).get(key)
+    node = _prov.run_record(adata, "segment", key)
     if not node:
         raise DataError(f"the table has no segmentation {key!r}; run mm.tl.segment first")
     rows = {}
@@ -500,5 +499,7 @@ def area_table(adata, *, key: str = K.SEG):
     obs.index = obs.index.astype(str)
     obs.index.name = K.SLIDE_ID
     table = ad.AnnData(obs=obs)
-    table.uns[K.UNS] = {K.UNS_SEGMENT: {key: {k: v for k, v in node.items() if k != "slides"}}}
+    known = _prov.plain(_prov.root(adata)[K.UNS_SLIDES])
+    slides = {s: known[s] for s in rows if s in known}
+    _prov.new_root(table, slides, "segment", key, {k: v for k, v in node.items() if k != "slides"})
     return table

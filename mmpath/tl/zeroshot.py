@@ -401,9 +401,9 @@ def zero_shot(
         proba[~ok] = np.nan
         label_codes = np.where(ok, label_codes, -1)
         log.warning("%d damaged tile(s) get no zero-shot score", int((~ok).sum()))
-    runs = _prov.root(adata).setdefault(K.UNS_RUNS, {})
-    if key_added in runs:  # a re-run replaces the previous run's columns, stale ones too
-        old = _prov.plain(runs[key_added]).get("columns", [])
+    previous = _prov.run_record(adata, "zero_shot", key_added)
+    if previous:  # a re-run replaces the previous run's columns, stale ones too
+        old = previous.get("columns", [])
         adata.obs.drop(columns=[c for c in old if c in adata.obs], inplace=True)
     for j, col in enumerate(columns):
         adata.obs[col] = proba[:, j].astype(np.float32)
@@ -428,7 +428,7 @@ def zero_shot(
         record["caveat"] = caveat(enc)
     if far:
         record["far_classes"] = {f["name"]: f for f in far}
-    runs[key_added] = record
+    _prov.record_run(adata, "zero_shot", key_added, record)
 
     pool_codes = codes if ok is None else np.where(ok, codes, len(order))  # drop damaged
     pooled = _top_k_pool(logits, pool_codes, len(order), int(top_k))
@@ -453,11 +453,9 @@ def zero_shot(
         layers={K.LOGITS: pooled.astype(np.float32)},
     )
     known = _prov.plain(_prov.root(adata)[K.UNS_SLIDES])
-    table.uns[K.UNS] = {
-        K.UNS_VERSION: __version__,
-        K.UNS_SLIDES: {s: known[s] for s in order if s in known},
-        K.UNS_RUNS: {key_added: record},
-    }
+    _prov.new_root(
+        table, {s: known[s] for s in order if s in known}, "zero_shot", key_added, record
+    )
     log.info(
         "zero-shot %s: %d tiles, %d slide(s), %d classes x %d templates (logit scale %.3g)",
         enc.info.name,

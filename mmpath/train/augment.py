@@ -190,15 +190,8 @@ class Augment:
 
 
 def to_tensor(img: np.ndarray, mean, std):
-    """uint8 ``(H, W, 3)`` -> normalised float ``(3, H, W)`` torch tensor."""
-    import torch
+    """uint8 ``(H, W, 3)`` -> normalised float ``(3, H, W)`` torch tensor
+    (:func:`mmpath.models.transform.to_tensor`, the one transform)."""
+    from mmpath.models.transform import to_tensor as _to_tensor
 
-    x = (
-        torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
-        .permute(2, 0, 1)
-        .float()
-        .div_(255.0)
-    )
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return x.sub_(m).div_(s)
+    return _to_tensor(img, mean, std)

@@ -40,7 +40,7 @@ from mmpath.errors import ConfigError
 from mmpath.models.encoders._common import l2n
 from mmpath.train.config import TrainConfig
 from mmpath.train.core import LossOutput, TrainingTask
-from mmpath.train.data import ImageDataset, TableConfig, load_table, split_rows
+from mmpath.train.data import ImageDataset, TableConfig, export_stain, load_table, split_rows
 from mmpath.train.dist import DistEnv
 from mmpath.train.metrics import retrieval_recall
 from mmpath.train.registry import register_task
@@ -267,6 +267,7 @@ class ClipTask(TrainingTask):
             data = replace(data, input_size=cfg.data.input_size)  # recorded in the export
             encoder.info = replace(encoder.info, data=data)
         table = load_table(cfg.data.train, cfg.data, captions=True)
+        self.table = table  # its fitted stain target goes into the model folder
         if cfg.data.val:
             val_table = load_table(cfg.data.val, cfg.data, captions=True)
             train_rows, val_rows = np.arange(len(table)), np.arange(len(val_table))
@@ -350,6 +351,7 @@ class ClipTask(TrainingTask):
         ):
             refer["text"] = m.text
         save_encoder(self.encoder, folder, name=m.save_name, refer=refer)
+        export_stain(self.table, folder)
 
 
 @register_task("clip", config=ClipRunConfig, help="contrastive image-text training")

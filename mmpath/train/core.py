@@ -47,7 +47,14 @@ from mmpath.errors import ConfigError, DataError
 from mmpath.io._atomic import atomic_path, recover
 from mmpath.train import checkpoint as ckpt
 from mmpath.train.config import TrainConfig
-from mmpath.train.dist import DistEnv, barrier, init_distributed, mean_across, shutdown
+from mmpath.train.dist import (
+    DistEnv,
+    _pick_device,
+    barrier,
+    init_distributed,
+    mean_across,
+    shutdown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +136,8 @@ class TrainingTask(abc.ABC):
 class FitResult:
     """What :func:`fit` returns."""
 
-    run_dir: Path
-    model_dir: Path
+    run_dir: Path | None  # None for an in-memory fit (``persist=False``)
+    model_dir: Path | None
     steps: int
     losses: list[float]  # one per optimiser step, averaged over processes
     val: list[dict[str, Any]] = field(default_factory=list)  # one per validated epoch
@@ -226,9 +233,9 @@ def _seed_everything(seed: int) -> None:
 class _MetricsLog:
     """``metrics.jsonl`` (rank 0): one line per step and one per validation."""
 
-    def __init__(self, path: Path, env: DistEnv, *, keep_until: int | None) -> None:
+    def __init__(self, path: Path | None, env: DistEnv, *, keep_until: int | None) -> None:
         self.path, self.env = path, env
-        if env.is_main:
+        if path is not None and env.is_main:
             lines = []
             if keep_until is not None and path.exists():
                 for line in path.read_text(encoding="utf-8").splitlines():
@@ -238,7 +245,7 @@ class _MetricsLog:
                 tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        if self.env.is_main and records:
+        if self.path is not None and self.env.is_main and records:
             with self.path.open("a", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in records)
 
@@ -249,6 +256,7 @@ def fit(
     *,
     resume: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    persist: bool = True,
 ) -> FitResult:
     """Train ``task`` as ``cfg.train`` says; write checkpoints and a model folder to ``cfg.out``.
 
@@ -265,6 +273,11 @@ def fit(
     on_step
         Called as ``on_step(step, loss)`` on every rank after each logged step (tests use it
         to interrupt a run).
+    persist
+        ``False``: an in-memory fit in this process (no process group, no run folder, no
+        checkpoints, metrics log or model folder; ``cfg.out`` is ignored). The trained
+        ``task.module`` is the result; :func:`mmpath.tl.fit_expression` fits its small heads
+        this way, through the same loop as ``mmpath train expr``.
 
     Returns
     -------
@@ -280,6 +293,11 @@ def fit(
     >>> result.model_dir      # load it with create_encoder(f"local-dir:{result.model_dir}")
     """
     tc: TrainConfig = cfg.train
+    if not persist:
+        if resume:
+            raise ConfigError("resume=True needs a run folder; it cannot go with persist=False")
+        env = DistEnv(device=_pick_device(tc.device, 0))
+        return _fit(task, cfg, tc, None, env, resume=False, on_step=on_step)
     out = Path(cfg.out)
     env = init_distributed(tc.device)
     try:
@@ -288,17 +306,18 @@ def fit(
         shutdown(env)
 
 
-def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, on_step):
+def _fit(task, cfg, tc: TrainConfig, out: Path | None, env: DistEnv, *, resume: bool, on_step):
+    persist = out is not None
     if tc.batch_size % env.world_size:
         raise ConfigError(
             f"train.batch_size={tc.batch_size} does not split over {env.world_size} processes; "
             "use a multiple of the process count"
         )
-    ckpt_file = ckpt.checkpoint_path(out)
-    if env.is_main:  # leftovers of a crashed earlier run
+    ckpt_file = ckpt.checkpoint_path(out) if persist else None
+    if persist and env.is_main:  # leftovers of a crashed earlier run
         for path in (ckpt_file, out / MODEL_DIR):
             recover(path)
-    if not resume and ckpt_file.exists():
+    if persist and not resume and ckpt_file.exists():
         raise ConfigError(
             f"{str(out)!r} already holds a training run; pass --resume (resume=True) to continue "
             "it or choose another out folder"
@@ -358,10 +377,12 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
         log.info("resumed %s at step %d/%d", out, step, total)
-    if env.is_main:  # only now: a refused resume must leave the run's own config.yaml alone
+    if persist and env.is_main:  # only now: a refused resume must leave its config.yaml alone
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / CONFIG)
-    metrics = _MetricsLog(out / METRICS, env, keep_until=step if resume else None)
+    metrics = _MetricsLog(
+        out / METRICS if persist else None, env, keep_until=step if resume else None
+    )
 
     wrapped: nn.Module = module
     if env.distributed:
@@ -388,6 +409,8 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
 
     def save() -> None:
         flush()
+        if not persist:
+            return
         rngs = _gather_rng(env)
         if env.is_main:
             ckpt.save_checkpoint(
@@ -414,7 +437,7 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
         initial=step,
         disable=tc.quiet or not env.is_main,
         file=sys.stderr,
-        desc=f"train {out.name}",
+        desc=f"train {out.name if persist else type(task).__name__}",
         unit="step",
         dynamic_ncols=True,
     )
@@ -476,13 +499,14 @@ def _fit(task, cfg, tc: TrainConfig, out: Path, env: DistEnv, *, resume: bool, o
         save()
     bar.close()
 
+    module.eval()
+    if not persist:
+        return FitResult(None, None, step, list(losses), list(val_history))
     model_dir = out / MODEL_DIR
     if env.is_main:
-        module.eval()
         with atomic_path(model_dir) as tmp:
             tmp.mkdir(parents=True)
             task.export(tmp)
-            _export_stain(cfg, tmp)
         log.info("trained %d steps; model folder %s", step, model_dir)
     barrier(env)
     return FitResult(out, model_dir, step, list(losses), list(val_history))
@@ -507,14 +531,3 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
     from mmpath.train.dist import all_gather_object
 
     return all_gather_object(env, ckpt.rng_state())
-
-
-def _export_stain(cfg, folder: Path) -> None:
-    """Store the stain target the run normalised to in its model folder (issue 15), so
-    ``tl.embed`` with this model normalises the same way."""
-    data = getattr(cfg, "data", None)
-    if getattr(data, "stain", None) is None:
-        return
-    from mmpath.pp.stain import fit_stain_target, save_stain_target
-
-    save_stain_target(fit_stain_target(data.stain_target, method=data.stain), folder)

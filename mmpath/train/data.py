@@ -291,6 +291,15 @@ def load_table(paths: Sequence[str], cfg: TableConfig, *, captions: bool) -> Ima
     return table
 
 
+def export_stain(table: ImageTable, folder: Path) -> None:
+    """Store the stain target ``table`` was normalised to (fitted once by :func:`load_table`)
+    in a model folder, so ``tl.embed`` with that model normalises the same way."""
+    if table.stain is not None:
+        from mmpath.pp.stain import save_stain_target
+
+        save_stain_target(table.stain, folder)
+
+
 def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random ``(train, val)`` row indices with ``round(n * fraction)`` val rows."""
     order = np.random.default_rng(seed).permutation(n)

@@ -25,9 +25,9 @@ __all__ = ["TaskSpec", "TASK_MODULES", "register_task", "get_task", "list_tasks"
 TASK_MODULES: dict[str, str] = {
     "clip": "mmpath.train.clip",
     "ssl": "mmpath.train.ssl",
-    "seg": "mmpath.train.tasks_seg",
-    "anomaly": "mmpath.train.tasks_anomaly",
-    "expr": "mmpath.tl.expression._task",
+    "seg": "mmpath.train.tasks.seg",
+    "anomaly": "mmpath.train.tasks.anomaly",
+    "expr": "mmpath.train.tasks.expr",
     "mil": "mmpath.train.tasks.mil",
 }
 

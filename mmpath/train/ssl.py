@@ -33,7 +33,7 @@ from mmpath.errors import ConfigError
 from mmpath.train.augment import AugmentConfig
 from mmpath.train.config import TrainConfig
 from mmpath.train.core import LossOutput, SampleKey, TrainingTask
-from mmpath.train.data import ImageDataset, TableConfig, load_table, split_rows
+from mmpath.train.data import ImageDataset, TableConfig, export_stain, load_table, split_rows
 from mmpath.train.dist import DistEnv
 from mmpath.train.registry import register_task
 
@@ -134,6 +134,7 @@ class SslTask(TrainingTask):
         )
         self.scale = 1.0 / cfg.loss.temperature
         table = load_table(cfg.data.train, cfg.data, captions=False)
+        self.table = table  # its fitted stain target goes into the model folder
         if cfg.data.val:
             val_table = load_table(cfg.data.val, cfg.data, captions=False)
             train_rows, val_rows = np.arange(len(table)), np.arange(len(val_table))
@@ -195,6 +196,7 @@ class SslTask(TrainingTask):
         from mmpath.models import save_encoder
 
         save_encoder(self.encoder, folder, name=self.cfg.model.save_name)
+        export_stain(self.table, folder)
 
 
 @register_task("ssl", config=SslRunConfig, help="self-supervised image pretraining (SimCLR)")

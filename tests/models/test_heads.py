@@ -198,5 +198,5 @@ def test_model_folder_round_trip_and_wrong_kind(tmp_path, encoder):
     # saving replaces a folder as a whole: never one holding something else (a run, data)
     with pytest.raises(ConfigError, match="not a saved trained head"):
         save_trained_head(TrainedHead("anomaly", vae, (), 16), tmp_path / "run")
-    assert (tmp_path / "run" / "model" / "head.yaml").is_file()
+    assert (tmp_path / "run" / "model" / "config.yaml").is_file()
     save_trained_head(TrainedHead("anomaly", vae, (), 16), tmp_path / "run" / "model")  # update

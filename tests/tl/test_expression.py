@@ -200,11 +200,7 @@ def test_ridge_is_the_sklearn_pipeline_and_round_trips(cohort, tmp_path):
     X = cohort.obsm["X_morph"]
     np.testing.assert_allclose(model.predict_arrays(X), model.estimator.predict(X), atol=1e-4)
     path = model.save(tmp_path / "m")
-    assert sorted(p.name for p in path.iterdir()) == [
-        "config.json",
-        "genes.txt",
-        "weights.safetensors",
-    ]
+    assert sorted(p.name for p in path.iterdir()) == ["config.yaml", "model.safetensors"]
     assert not list(tmp_path.glob(".m.tmp-*"))
     again = ExpressionModel.load(path)
     assert again.genes == model.genes and again.targets == model.targets
@@ -314,12 +310,12 @@ def test_cli_fit_and_predict(tmp_path):
         argv += ["--st", str(tmp_path / f"{slide.slide_id}.h5ad"), "--slide", slide.path]
     assert main(argv) == 0
     run = tmp_path / "run"
-    for name in ("config.json", "genes.txt", "weights.safetensors", "scores.csv", "pearson.png"):
+    for name in ("config.yaml", "model.safetensors", "scores.csv", "pearson.png"):
         assert (run / name).is_file()
     slide = data.samples[0][1]
     tiles = mm.pp.tile(slide, 28, min_tissue=0.0)
     mm.io.write_h5ad(tiles, tmp_path / "tiles.h5ad")
-    gene = (run / "genes.txt").read_text().split()[0]
+    gene = ExpressionModel.load(run).genes[0]
     assert (
         main(
             [

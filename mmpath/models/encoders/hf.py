@@ -24,6 +24,7 @@ import torch
 import transformers
 
 from mmpath.errors import ModelError, WeightsError
+from mmpath.io._digest import sha256_file
 from mmpath.models.base import (
     CLIP_MEAN,
     CLIP_STD,
@@ -35,7 +36,7 @@ from mmpath.models.base import (
 )
 from mmpath.models.encoders._common import clip_bpe_tokenize, l2n, pick_indices, tokens_to_maps
 from mmpath.models.registry import families
-from mmpath.models.weights import _pick_file, _sha256, load_strict
+from mmpath.models.weights import _pick_file, load_strict
 
 __all__ = ["HFClipEncoder", "HFVisionEncoder", "HFTextEncoder", "hf_config"]
 
@@ -100,7 +101,7 @@ class _HFBase(Encoder):
                 name = "model.safetensors" if suffix == ".safetensors" else "pytorch_model.bin"
                 (folder / name).symlink_to(location.resolve())
             files = _pick_file(folder, ())
-            if sha256 and len(files) == 1 and _sha256(files[0]) != sha256.lower():
+            if sha256 and len(files) == 1 and sha256_file(files[0]) != sha256.lower():
                 raise WeightsError(f"sha256 of {files[0]} does not match; download it again")
             verbosity = transformers.logging.get_verbosity()
             bar = transformers.utils.logging.is_progress_bar_enabled()

@@ -1,10 +1,16 @@
-"""Task heads on the shared backbone: a U-Net segmentation decoder and a VAE anomaly head.
+"""Every trained head: U-Net segmentation, VAE anomaly, expression and slide-level MIL.
 
-Both are registered in :data:`mmpath.models.registry.heads`:
+All are registered in :data:`mmpath.models.registry.heads` (one module each here):
 
 * ``heads.create("unet", encoder="tiny_vit", num_classes=2, finetune="frozen")``
 * ``heads.create("vae", image_size=64, latent_dim=32)`` (light conv encoder), or
   ``heads.create("vae", encoder="backbone", backbone="tiny_vit")`` (shared backbone features)
+* ``heads.create("expr-mlp", d_in=384, d_out=50)``, ``"expr-gated"`` (image/genomic gated
+  fusion) and ``"expr-contrastive"`` (BLEEP): the torch heads of
+  :func:`mmpath.tl.fit_expression` (:mod:`.expression`)
+* ``heads.create("abmil", in_dim=384, n_outputs=2)`` and the other MIL pools (:mod:`.mil`)
+
+Their training tasks live in :mod:`mmpath.train.tasks` (one module per task).
 
 ``mmpath.models`` imports this subpackage first (which registers the entries) and then binds
 the name ``heads`` to the registry, as it does for ``encoders``: ``mm.models.heads`` is the
@@ -107,3 +113,35 @@ for _kind, _what in (
     ("max-mlp", "max pooling + MLP baseline"),
 ):
     heads.register(_kind, meta=HeadInfo("mil", _what, False))(_mil(_kind))
+
+
+@heads.register(
+    "expr-mlp",
+    meta=HeadInfo("expression", "MLP on embeddings (+ concatenated genomic vector)", False),
+)
+def expr_mlp(*, d_in: int, d_out: int, hidden: int = 256, dropout: float = 0.1):
+    """``Linear -> GELU -> Dropout -> Linear`` from ``d_in`` features to ``d_out`` genes."""
+    from mmpath.models.heads.expression import MLPHead
+
+    return MLPHead(d_in, d_out, hidden, dropout)
+
+
+@heads.register("expr-gated", meta=HeadInfo("expression", "gated image/genomic fusion MLP", False))
+def expr_gated(*, d_img: int, d_gen: int, d_out: int, hidden: int = 256, dropout: float = 0.1):
+    """Image and genomic inputs mixed per feature by a learned sigmoid gate."""
+    from mmpath.models.heads.expression import GatedFusionHead
+
+    return GatedFusionHead(d_img, d_gen, d_out, hidden, dropout)
+
+
+@heads.register(
+    "expr-contrastive",
+    meta=HeadInfo("expression", "BLEEP image/expression contrastive projections", False),
+)
+def expr_contrastive(
+    *, d_img: int, n_genes: int, dim: int = 128, temperature: float = 1.0, dropout: float = 0.1
+):
+    """BLEEP projection heads (prediction = mean expression of the nearest reference spots)."""
+    from mmpath.models.heads.expression import ContrastiveHeads
+
+    return ContrastiveHeads(d_img, n_genes, dim, temperature, dropout)

@@ -1,15 +1,17 @@
-"""Model folders of trained heads: ``head.yaml`` + ``model.safetensors``.
+"""Model folders of trained heads, in the one model-folder format (:mod:`mmpath.models.folder`).
 
-``mmpath train seg|anomaly`` writes ``<run>/model/`` with:
+``mmpath train seg|anomaly|mil`` writes ``<run>/model/`` with:
 
-* ``head.yaml``: ``kind`` (``"seg"`` or ``"anomaly"``), ``head`` (registry name), the head's
+* ``config.yaml`` (``format: mmpath-head``, ``sha256`` of the weights): ``kind`` (``"seg"``,
+  ``"anomaly"`` or ``"mil"``), ``head`` (registry name), the head's
   config, class names, the tile geometry (``tile_size``, ``mpp``, ``mean``, ``std``) and, when
   the head sits on the shared backbone, how to rebuild the encoder (``encoder.export``: a
   family name + plain keyword arguments);
 * ``model.safetensors``: the whole head's state dict (backbone included).
 
 :func:`load_trained_head` accepts the run folder or the model folder, and refuses a folder of
-the wrong kind with a message that says what it holds.
+the wrong kind with a message that says what it holds. Folders written before the one
+format (``head.yaml`` + ``model.safetensors``) still load.
 """
 
 from __future__ import annotations
@@ -20,16 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from mmpath.errors import ModelError, WeightsError
-from mmpath.io._atomic import atomic_path, check_replaceable, interrupted_hint, recover
+from mmpath.io._atomic import atomic_path, interrupted_hint, recover
+from mmpath.models.folder import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_replaceable_model,
+    folder_format,
+    read_model_folder,
+    write_model_folder,
+)
 
 __all__ = ["TrainedHead", "save_trained_head", "load_trained_head", "HEAD_FILE", "KINDS"]
 
-HEAD_FILE = "head.yaml"
-WEIGHTS_FILE = "model.safetensors"
+HEAD_FILE = CONFIG_NAME  # config.yaml; "head.yaml" in folders written before the one format
+WEIGHTS_FILE = WEIGHTS_NAME
+FORMAT = "mmpath-head"
 KINDS = {
     "seg": "a segmentation (U-Net)",
     "anomaly": "an anomaly (VAE)",
@@ -90,22 +100,20 @@ def _head_name(model: nn.Module) -> str:
 
 
 def save_trained_head(head: TrainedHead, folder: str | os.PathLike[str]) -> Path:
-    """Write ``head.yaml`` and ``model.safetensors`` into ``folder`` (created).
+    """Write ``config.yaml`` and ``model.safetensors`` into ``folder`` (created).
 
     Example
     -------
     >>> save_trained_head(TrainedHead("seg", unet, ("bg", "tumour"), 64), "runs/seg1/model")
     """
-    check_replaceable(folder, (HEAD_FILE,), "trained head")
-    with atomic_path(folder) as tmp:  # a crash never leaves new weights with an old head.yaml
+    check_replaceable_model(folder, FORMAT, "trained head")
+    with atomic_path(folder) as tmp:  # a crash never leaves new weights with an old config
         tmp.mkdir()
         _write_head(head, tmp)
     return Path(folder)
 
 
 def _write_head(head: TrainedHead, folder: Path) -> None:
-    from safetensors.torch import save_file
-
     model = head.model
     name = _head_name(model)
     encoder_spec = None
@@ -131,9 +139,7 @@ def _write_head(head: TrainedHead, folder: Path) -> None:
         "encoder": encoder_spec,
         "extra": _plain(head.extra),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
-    (folder / HEAD_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+    write_model_folder(folder, FORMAT, meta, model.state_dict())
 
 
 def _plain(obj: Any) -> Any:
@@ -148,13 +154,18 @@ def _find_folder(path: Path, kind: str) -> Path:
     recover(path)  # a save killed between its two renames
     if not path.exists():
         raise ModelError(f"model folder {str(path)!r} does not exist" + interrupted_hint(path))
-    for cand in (path, path / "model"):
-        if (cand / HEAD_FILE).is_file():
+    found = {cand: folder_format(cand) for cand in (path, path / "model")}
+    for cand, fmt in found.items():
+        if fmt == FORMAT:
             return cand
     what = "nothing mmpath can load"
-    for cand in (path, path / "model"):
-        if (cand / "config.yaml").is_file() or (cand / "encoder.yaml").is_file():
+    for cand, fmt in found.items():
+        foreign = fmt is None and (cand / CONFIG_NAME).is_file()  # e.g. a hub/encoder config
+        if fmt == "mmpath-encoder" or foreign or (cand / "encoder.yaml").is_file():
             what = "an encoder (no head)"
+            break
+        if fmt is not None:
+            what = {"mmpath-expression": "an expression model"}.get(fmt, fmt)
             break
     raise ModelError(
         f"{str(path)!r} is not {KINDS[kind]} model folder (it holds {what}); pass the "
@@ -173,8 +184,6 @@ def load_trained_head(
     -------
     >>> head = load_trained_head("runs/seg1", kind="seg")
     """
-    from safetensors.torch import load_file
-
     from mmpath.models.heads.mil import MIL_HEADS, MILConfig, MILHead
     from mmpath.models.heads.unet import UNetConfig, UNetHead
     from mmpath.models.heads.vae import VAEConfig, VAEHead
@@ -182,7 +191,11 @@ def load_trained_head(
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     folder = _find_folder(Path(path), kind)
-    meta = yaml.safe_load((folder / HEAD_FILE).read_text(encoding="utf-8")) or {}
+    try:
+        stored = read_model_folder(folder, FORMAT)
+    except WeightsError as err:
+        raise ModelError(str(err)) from None
+    meta = stored.config
     found = meta.get("kind")
     if found != kind:
         held = KINDS.get(found, repr(found))
@@ -199,7 +212,9 @@ def load_trained_head(
             k: (str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v)
             for k, v in spec["kwargs"].items()
         }
-        encoder = create_from_config(spec["family"], kwargs, folder / HEAD_FILE)
+        encoder = create_from_config(
+            spec["family"], kwargs, folder / ("head.yaml" if stored.legacy else CONFIG_NAME)
+        )
     cfg = meta.get("config") or {}
     if meta.get("head") == "unet":
         if "indices" in cfg and isinstance(cfg["indices"], list):
@@ -211,10 +226,8 @@ def load_trained_head(
         model = MILHead(MILConfig(**cfg))
     else:
         raise ModelError(f"{str(folder)!r}: unknown head {meta.get('head')!r}")
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise WeightsError(f"{str(folder)!r} has no {WEIGHTS_FILE}; the run did not finish")
-    state = load_file(str(weights))
+    weights = stored.weights
+    state = stored.tensors("pt")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(

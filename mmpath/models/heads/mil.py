@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,6 +153,19 @@ class MILHead(nn.Module):
             return MILOutput(torch.cat(logits), atts)
         z = self.pool(x, mask)
         return MILOutput(self.classifier(z), None)
+
+
+def logits_to_outputs(
+    logits: torch.Tensor, task: str, y_mean: float = 0.0, y_std: float = 1.0
+) -> np.ndarray:
+    """A MIL head's outputs from its logits ``(n, K)``: class probabilities ``(n, K)``
+    (classification), values in the target's units ``(n,)`` (regression: the head predicts
+    the standardised target) or risks ``(n,)`` (survival)."""
+    logits = logits.detach().float().cpu()
+    if task == "classification":
+        return logits.softmax(-1).numpy()
+    first = logits[:, 0].double().numpy()
+    return first * y_std + y_mean if task == "regression" else first
 
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:

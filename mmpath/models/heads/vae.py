@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpath.errors import ModelError
+from mmpath.models.transform import normalize
 
 __all__ = ["VAEConfig", "VAEHead", "VAEOutput", "VAELoss", "AnomalyScores", "reparameterize"]
 
@@ -168,10 +169,10 @@ class VAEHead(nn.Module):
             info = self.backbone.info
             size = info.data.input_size
             xb = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear")
-            mean = torch.tensor(info.data.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(info.data.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             with torch.no_grad():
-                h = self.backbone.encode_image((xb - mean) / std).features
+                h = self.backbone.encode_image(
+                    normalize(xb, info.data.mean, info.data.std)
+                ).features
         else:
             h = self.conv_encoder(x * 2 - 1)
         mu, logvar = self.to_stats(h).chunk(2, dim=1)

@@ -1,12 +1,16 @@
 """The fitted expression model: array-level fitting per method, prediction, save/load.
 
-A saved model is a folder, written atomically::
+A saved model is a folder in the one model-folder format (:mod:`mmpath.models.folder`),
+written atomically::
 
-    config.json           method, genes spec, target processing, embedding key/encoder,
-                          fusion, genomic columns, hyper-parameters, mmpath version
-    genes.txt             the predicted genes, one per line, in output order
-    weights.safetensors   every fitted array (PCA, ridge, torch state, references)
+    config.yaml           format: mmpath-expression, kind (= method), the predicted genes in
+                          output order, genes spec, target processing, embedding key/encoder,
+                          fusion, genomic columns, hyper-parameters, mmpath version, sha256
+    model.safetensors     every fitted array (PCA, ridge, torch state, references)
     scores.csv, summary.csv, pearson.png   the cross-validation report, when one was made
+
+Folders written before the one format (``config.json`` + ``genes.txt`` +
+``weights.safetensors``) still load.
 
 Weights hold plain arrays (safetensors), so loading never unpickles code. The ridge model is
 fitted with scikit-learn (``Pipeline(PCA(256), Ridge)``, the HEST-Benchmark protocol) and
@@ -16,7 +20,6 @@ pipeline's ``predict``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -27,7 +30,7 @@ import numpy as np
 
 from mmpath._version import __version__
 from mmpath.errors import ConfigError, DataError
-from mmpath.io._atomic import atomic_path, check_replaceable, recover
+from mmpath.io._atomic import atomic_path, recover
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
     },
 }
+FORMAT = "mmpath-expression"
+# the layout written before the one model-folder format (still read)
 CONFIG_FILE, GENES_FILE, WEIGHTS_FILE = "config.json", "genes.txt", "weights.safetensors"
 MODEL_FILES = (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE)
 
 
 def check_save_target(path) -> None:
     """Refuse a non-empty folder that is not an expression model (saving replaces it whole)."""
-    check_replaceable(path, MODEL_FILES, "expression model")
+    from mmpath.models.folder import check_replaceable_model
+
+    check_replaceable_model(path, FORMAT, "expression model")
 
 
 def resolve_params(method: str, fusion: str | None, params: dict | None) -> dict[str, Any]:
@@ -231,26 +238,43 @@ class ExpressionModel:
         return x.astype(np.float32), None if g is None else g.astype(np.float32)
 
     def _build(self, d_img: int, d_gen: int, n_genes: int):
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import heads  # importing the package registers the entries
 
         p = self.params
         if self.method == "contrastive":
-            return H.ContrastiveHeads(d_img, n_genes, p["dim"], p["temperature"], p["dropout"])
+            return heads.create(
+                "expr-contrastive",
+                d_img=d_img,
+                n_genes=n_genes,
+                dim=p["dim"],
+                temperature=p["temperature"],
+                dropout=p["dropout"],
+            )
         if self.fusion == "gated":
-            return H.GatedFusionHead(d_img, d_gen, n_genes, p["hidden"], p["dropout"])
-        return H.MLPHead(d_img + d_gen, n_genes, p["hidden"], p["dropout"])
+            return heads.create(
+                "expr-gated",
+                d_img=d_img,
+                d_gen=d_gen,
+                d_out=n_genes,
+                hidden=p["hidden"],
+                dropout=p["dropout"],
+            )
+        return heads.create(
+            "expr-mlp", d_in=d_img + d_gen, d_out=n_genes, hidden=p["hidden"], dropout=p["dropout"]
+        )
 
     def init_torch(self, X, Y, G):
         """Standardise inputs/targets (stored in ``state``) and build the untrained module.
 
-        Returns ``(module, x, g, y)`` with standardised float32 arrays; the shared training
-        core (``mmpath train expr``) uses this and :meth:`finish_torch` around its own loop.
+        Returns ``(module, x, g, y)`` with standardised float32 arrays; the training task
+        (:class:`mmpath.train.tasks.expr.ExprHeadTask`) uses this and :meth:`finish_torch`
+        around the one loop.
         """
         return self._fit_torch_common(X, Y, G)
 
     def finish_torch(self, module, Y, y) -> None:
         """Store the trained module's weights (and, for contrastive, the reference spots)."""
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         module.eval()
         for k, v in H.state_to_numpy(module).items():
@@ -274,39 +298,19 @@ class ExpressionModel:
         module = self._build(X.shape[1], 0 if G is None else G.shape[1], Y.shape[1])
         return module, x, g, y
 
-    def _train(self, module, loss_fn, arrays):
-        from mmpath.tl.expression import _heads as H
-
-        p = self.params
-        self.history = H.fit_module(
-            module,
-            loss_fn,
-            arrays,
-            epochs=int(p["epochs"]),
-            batch_size=int(p["batch_size"]),
-            lr=float(p["lr"]),
-            weight_decay=float(p["weight_decay"]),
-            seed=int(p["seed"]),
-        )
-
     def _fit_mlp(self, X, Y, G):
-        import torch.nn.functional as F
+        from mmpath.train.tasks.expr import fit_in_memory
 
-        module, x, g, y = self._fit_torch_common(X, Y, G)
-        if g is None:
-            self._train(module, lambda a, b: F.mse_loss(module(a), b), [x, y])
-        else:
-            self._train(module, lambda a, c, b: F.mse_loss(module(a, c), b), [x, g, y])
-        self.finish_torch(module, Y, y)
+        self.history = fit_in_memory(self, X, Y, G)
 
     def _fit_contrastive(self, X, Y, G):
-        module, x, _, y = self._fit_torch_common(X, Y, None)
-        self._train(module, module.loss, [x, y])
-        self.finish_torch(module, Y, y)
+        from mmpath.train.tasks.expr import fit_in_memory
+
+        self.history = fit_in_memory(self, X, Y, None)
 
     # -- prediction ---------------------------------------------------------------------------
     def _module(self):
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         d_img = self.state["x_mean"].shape[0]
         d_gen = self.state["g_mean"].shape[0] if "g_mean" in self.state else 0
@@ -334,7 +338,7 @@ class ExpressionModel:
             raise DataError(f"this model fuses a genomic vector ({self.fusion}); pass genomic=")
         if self.method == "ridge":
             return self._predict_ridge(X, G if self.fusion else None, batch_size)
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         module = self._module()
         x, g = self._torch_inputs(X, G if self.fusion else None)
@@ -355,7 +359,7 @@ class ExpressionModel:
         return out
 
     def _predict_contrastive(self, module, x, batch_size):
-        from mmpath.tl.expression import _heads as H
+        from mmpath.models.heads import expression as H
 
         ref = self.state["ref_embeddings"]
         expr = self.state["ref_expression"]
@@ -395,12 +399,11 @@ class ExpressionModel:
 
     def write_into(self, folder: Path, *, report=None) -> None:
         """Write the model files into an existing (temporary) folder; :meth:`save` is atomic."""
-        from safetensors.numpy import save_file
+        from mmpath.models.folder import write_model_folder
 
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=str))
-        (folder / GENES_FILE).write_text("\n".join(self.genes) + "\n")
-        arrays = {k: np.ascontiguousarray(v) for k, v in self.state.items()}
-        save_file(arrays, str(folder / WEIGHTS_FILE))
+        config = {"kind": self.method, **self.config(), "genes": list(self.genes)}
+        config.pop("mmpath_version")
+        write_model_folder(folder, FORMAT, _plain(config), self.state)
         if report is not None:
             from mmpath.tl.expression._report import write_report
 
@@ -408,26 +411,46 @@ class ExpressionModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ExpressionModel:
-        """Read a model folder written by :meth:`save`."""
-        from safetensors.numpy import load_file
+        """Read a model folder written by :meth:`save` (or by an older version)."""
+        from mmpath.errors import WeightsError
+        from mmpath.models.folder import folder_format, read_model_folder
 
         path = Path(path)
         recover(path)  # a save killed between its two renames
-        files = MODEL_FILES
-        if not (path / CONFIG_FILE).exists() and all((path / "model" / f).is_file() for f in files):
+        if folder_format(path) != FORMAT and folder_format(path / "model") == FORMAT:
             path = path / "model"  # a `mmpath train expr` run folder: its model/ sub-folder
-        missing = [f for f in files if not (path / f).exists()]
-        if missing:
+        if folder_format(path) != FORMAT:
             raise DataError(
-                f"{str(path)!r} is not an expression model folder (missing {', '.join(missing)}); "
-                "make one with `mmpath expr fit` or ExpressionModel.save"
+                f"{str(path)!r} is not an expression model folder (no config.yaml of format "
+                f"{FORMAT}, nor the older {', '.join(MODEL_FILES)}); make one with "
+                "`mmpath expr fit` or ExpressionModel.save"
             )
-        cfg = json.loads((path / CONFIG_FILE).read_text())
-        genes = [g for g in (path / GENES_FILE).read_text().splitlines() if g]
+        try:
+            stored = read_model_folder(path, FORMAT)
+        except WeightsError as err:
+            raise DataError(str(err)) from None
+        cfg = stored.config
+        if stored.legacy:
+            genes = [g for g in (path / GENES_FILE).read_text().splitlines() if g]
+        else:
+            genes = [str(g) for g in cfg["genes"]]
         known = {"method", "use_rep", "encoder", "targets", "fusion", "genomic_columns", "params"}
         model = cls(genes=genes, **{k: v for k, v in cfg.items() if k in known})
-        model.state = dict(load_file(str(path / WEIGHTS_FILE)))
+        model.state = stored.tensors("np")
         return model
+
+
+def _plain(obj: Any) -> Any:
+    """YAML-safe plain values (numpy scalars and tuples become Python scalars and lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)  # as the JSON config did (default=str)
 
 
 def _unit(t):

@@ -1,1 +1,3 @@
-"""Training tasks, one module per task (``mil``; older tasks still live beside ``core``)."""
+"""Training tasks, one module per task: ``expr``, ``seg``, ``anomaly``, ``mil`` (the image
+tasks ``clip`` and ``ssl`` live beside :mod:`mmpath.train.core`). Each runs through the one
+loop, :func:`mmpath.train.fit`."""

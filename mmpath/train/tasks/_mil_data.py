@@ -57,6 +57,26 @@ def _labels(data_cfg, source: Any) -> pd.DataFrame:
     return _read_table(Path(source), key)
 
 
+def _match_slides(labelled, in_tables: set[str]) -> list[str]:
+    """The tables' slides without a label; a DataError for labels of slides not in them."""
+    unknown = sorted(set(labelled) - in_tables)
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} labelled slide(s) are not in the tile tables (e.g. "
+            f"{unknown[:5]}); add their tables or drop their labels"
+        )
+    return sorted(in_tables - set(labelled))
+
+
+def check_survival_batch(task: str, batch_size: int) -> None:
+    """Cox's partial likelihood ranks the bags of a batch: survival needs two or more."""
+    if task == "survival" and batch_size < 2:
+        raise ConfigError(
+            "survival trains on the Cox partial likelihood, which ranks the bags of a batch: "
+            "set train.batch_size >= 2 (e.g. 16)"
+        )
+
+
 def prepare_mil_data(
     cfg, *, tables: Any = None, labels: Any = None, cache: str | Path | None = None
 ) -> MILData:
@@ -98,13 +118,7 @@ def _join(d, store: BagStore, lab: pd.DataFrame) -> MILData:
         if lab[d.slide_col].duplicated().any():
             dup = lab.loc[lab[d.slide_col].duplicated(), d.slide_col].tolist()[:5]
             raise DataError(f"slides labelled twice in the label table: {dup}")
-        unknown = sorted(set(lab[d.slide_col]) - in_tables)
-        if unknown:
-            raise DataError(
-                f"{len(unknown)} labelled slide(s) are not in the tile tables (e.g. "
-                f"{unknown[:5]}); add their tables or drop their labels"
-            )
-        unlabelled = sorted(in_tables - set(lab[d.slide_col]))
+        unlabelled = _match_slides(lab[d.slide_col], in_tables)
         names = lab[d.slide_col].tolist()
         slides = [(s,) for s in names]
         groups = (lab[d.patient_col].astype(str) if has_patient else lab[d.slide_col]).to_numpy()
@@ -118,13 +132,7 @@ def _join(d, store: BagStore, lab: pd.DataFrame) -> MILData:
             )
         lab[d.slide_col] = lab[d.slide_col].astype(str)
         lab[d.patient_col] = lab[d.patient_col].astype(str)
-        unknown = sorted(set(lab[d.slide_col]) - in_tables)
-        if unknown:
-            raise DataError(
-                f"{len(unknown)} labelled slide(s) are not in the tile tables (e.g. "
-                f"{unknown[:5]}); add their tables or drop their labels"
-            )
-        unlabelled = sorted(in_tables - set(lab[d.slide_col]))
+        unlabelled = _match_slides(lab[d.slide_col], in_tables)
         per = lab.groupby(d.patient_col, sort=False)
         conflict = [p for p, g in per if len(g[need].drop_duplicates()) > 1]
         if conflict:

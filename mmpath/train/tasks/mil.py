@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from mmpath import _keys as K
-from mmpath.errors import ConfigError
+from mmpath.models.heads.mil import logits_to_outputs
 from mmpath.train.config import TrainConfig
 from mmpath.train.core import LossOutput, TrainingTask
 from mmpath.train.dist import DistEnv
 from mmpath.train.registry import register_task
-from mmpath.train.tasks._mil_data import MILData, prepare_mil_data
+from mmpath.train.tasks._mil_data import MILData, check_survival_batch, prepare_mil_data
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,7 @@ class MILTask(TrainingTask):
         self.cfg = cfg
         self.data = data if data is not None else prepare_mil_data(cfg)
         d = cfg.data
-        if d.task == "survival" and cfg.train.batch_size < 2:
-            raise ConfigError(
-                "survival trains on the Cox partial likelihood, which ranks the bags of a batch: "
-                "set train.batch_size >= 2 (e.g. 16)"
-            )
+        check_survival_batch(d.task, cfg.train.batch_size)
         n = len(self.data)
         self.train_rows = np.arange(n) if train_rows is None else np.asarray(train_rows)
         self.val_rows = np.asarray([] if val_rows is None else val_rows, dtype=int)
@@ -254,11 +250,7 @@ class MILTask(TrainingTask):
             out.append(module(x[None]).logits[0].float().cpu())
         module.train(was)
         logits = torch.stack(out) if out else torch.zeros(0, self.n_out)
-        if self.cfg.data.task == "classification":
-            return logits.softmax(-1).numpy()
-        if self.cfg.data.task == "regression":
-            return logits[:, 0].numpy() * self.y_std + self.y_mean
-        return logits[:, 0].numpy()
+        return logits_to_outputs(logits, self.cfg.data.task, self.y_mean, self.y_std)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         if not len(self.val_rows):

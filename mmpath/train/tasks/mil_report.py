@@ -25,6 +25,7 @@ import pandas as pd
 from mmpath.errors import ConfigError
 from mmpath.io._atomic import atomic_path
 from mmpath.train import checkpoint as ckpt
+from mmpath.train.tasks._mil_data import check_survival_batch
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ def run_mil(cfg, *, resume: bool = False, on_step=None, tables: Any = None, labe
             f"{str(out)!r} already holds a training run; pass --resume (resume=True) to continue "
             "it or choose another out folder"
         )
-    if cfg.data.task == "survival" and cfg.train.batch_size < 2:
-        raise ConfigError(
-            "survival trains on the Cox partial likelihood, which ranks the bags of a batch: "
-            "set train.batch_size >= 2 (e.g. 16)"
-        )
+    check_survival_batch(cfg.data.task, cfg.train.batch_size)
     data = prepare_mil_data(cfg, tables=tables, labels=labels)  # every check, before training
     kind = cfg.data.task
     splits: list[tuple[np.ndarray, np.ndarray]] = []
