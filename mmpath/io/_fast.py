@@ -100,8 +100,7 @@ def open_fast(path: Path, *, mpp: float | None, slide_id: str):
     reason = fast_path_refusal(ts, osl)
     if reason is not None:
         log.info("%s: reading with openslide (%s)", path, reason)
-        ts.close()
-        return _tiff.choose_tiff_backend(osl, mpp=mpp, slide_id=slide_id)
+        return _tiff.choose_tiff_backend(osl, mpp=mpp, slide_id=slide_id, ts=ts)
     ts.adopt(osl)
     osl.close()
     log.info("%s: reading with tifffile (direct tile decode, %s)", path, ts.vendor)

@@ -464,21 +464,30 @@ def _probe(slide: Slide) -> str | None:
     return None
 
 
-def choose_tiff_backend(osl: Slide, *, mpp: float | None, slide_id: str) -> Slide:
+def choose_tiff_backend(
+    osl: Slide, *, mpp: float | None, slide_id: str, ts: TiffSlide | None = None
+) -> Slide:
     """``osl`` (openslide), or a :class:`TiffSlide` when openslide cannot read the TIFF fully.
 
     tifffile takes over when openslide fails a probe read that tifffile passes, or when the
-    file is a generic TIFF whose pyramid tifffile sees more levels of (SubIFDs).
+    file is a generic TIFF whose pyramid tifffile sees more levels of (SubIFDs). ``ts``, the
+    same file already opened with tifffile (the fast-path check has one), saves a reopen; it
+    is closed unless it is returned.
     """
     if osl.path is None or not is_tiff(osl.path):
+        if ts is not None:
+            ts.close()
         return osl
     failed = _probe(osl)
     if failed is None and osl.vendor != "generic-tiff":
+        if ts is not None:
+            ts.close()
         return osl
-    try:
-        ts = TiffSlide(osl.path, mpp=mpp, slide_id=slide_id)
-    except SlideError:
-        return osl
+    if ts is None:
+        try:
+            ts = TiffSlide(osl.path, mpp=mpp, slide_id=slide_id)
+        except SlideError:
+            return osl
     if failed is None:
         if ts.level_count > osl.level_count:
             log.info(
