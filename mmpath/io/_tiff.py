@@ -32,13 +32,8 @@ import numpy as np
 
 from mmpath.errors import SlideError, TileReadError
 from mmpath.io import _plain
-from mmpath.io._mpp import plausible_metadata_mpp
-from mmpath.io.slide import (
-    Slide,
-    _check_mpp,
-    _metadata_mpp,
-    _rgba_to_rgb,
-)
+from mmpath.io._mpp import check_mpp, plausible_metadata_mpp
+from mmpath.io.slide.base import Slide, metadata_mpp, rgba_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +143,9 @@ class TiffSlide(Slide):
         self.level_downsamples = tuple((W / w + H / h) / 2 for w, h in self.level_dimensions)
         what = f"slide {self.slide_id!r}"
         if mpp is not None:
-            self.mpp, self.mpp_source = _check_mpp(mpp, what), "override"
+            self.mpp, self.mpp_source = check_mpp(mpp, what=what), "override"
         else:
-            found = _metadata_mpp(self.properties)
+            found = metadata_mpp(self.properties)
             if found is not None and not self._levels[0].page.is_tiled and found > 50:
                 found = None  # a plain striped image's screen dpi (72, 300), not a microscope
             found = plausible_metadata_mpp(found, what)
@@ -187,7 +182,7 @@ class TiffSlide(Slide):
 
         with openslide.OpenSlide(self.path) as osr:
             img = osr.associated_images[name].convert("RGBA")
-            return _rgba_to_rgb(np.asarray(img))
+            return rgba_to_rgb(np.asarray(img))
 
     # -- handle -----------------------------------------------------------------------------
     def _handle(self):
@@ -377,9 +372,9 @@ def _to_rgb(raw: np.ndarray, page) -> np.ndarray:
     if n == 1:
         return np.repeat(arr, 3, axis=2)
     if n == 2:  # grey + alpha
-        return _rgba_to_rgb(np.concatenate([np.repeat(arr[..., :1], 3, axis=2), arr[..., 1:]], 2))
+        return rgba_to_rgb(np.concatenate([np.repeat(arr[..., :1], 3, axis=2), arr[..., 1:]], 2))
     if n >= 4 and tuple(page.extrasamples[:1]) in ((1,), (2,)):
-        return _rgba_to_rgb(np.ascontiguousarray(arr[..., :4]))
+        return rgba_to_rgb(np.ascontiguousarray(arr[..., :4]))
     return np.ascontiguousarray(arr[..., :3])
 
 
@@ -539,6 +534,6 @@ def open_tiff(path: Path, *, openslide_ok: bool, mpp: float | None, slide_id: st
     # Not something to read by segment (e.g. subsampled YCbCr strips): read level 0 whole.
     slide = ArraySlide(_plain.read_plain_tiff(path), mpp=mpp, slide_id=slide_id, path=path)
     if mpp is None:
-        slide.mpp = _plain.tiff_mpp(path, _metadata_mpp)
+        slide.mpp = _plain.tiff_mpp(path, metadata_mpp)
         slide.mpp_source = "metadata" if slide.mpp else None
     return slide

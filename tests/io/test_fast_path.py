@@ -196,7 +196,8 @@ def test_openslide_reader_missing_tile_white_opaque_tiles_exact(tmp_path):
 def test_pil_rgba_to_rgb_composites_partial_alpha_onto_white():
     from PIL import Image
 
-    from mmpath.io.slide import _pil_rgba_to_rgb, _rgba_to_rgb
+    from mmpath.io.slide import rgba_to_rgb as _rgba_to_rgb
+    from mmpath.io.slide.openslide_slide import _pil_rgba_to_rgb
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (9, 13, 4), np.uint8)
@@ -218,7 +219,7 @@ def test_pil_rgba_to_rgb_composites_partial_alpha_onto_white():
 def test_reader_decision_is_reused_until_the_file_changes(tmp_path, monkeypatch):
     import openslide
 
-    from mmpath.io import slide as slide_mod
+    from mmpath.io.slide import policy as slide_mod
 
     arr = _image(256, 256)
     path = _holed(tmp_path / "hole.tif", arr)
