@@ -6,8 +6,9 @@
   Hamamatsu, MIRAX, Leica, Philips, Ventana, DICOM, generic tiled TIFF...);
 * :class:`ArraySlide` (``array_slide.py``) for plain images (PNG, JPEG, single-level TIFF) and
   tests;
-* ``TiffSlide`` (``mmpath/io/_tiff.py``) for TIFF-family slides read by direct tile decode
-  (the default where proven equal to openslide) and the TIFFs openslide declines or misreads.
+* ``TiffSlide`` (``tiff_slide.py``) for TIFF-family slides read by direct tile decode (the
+  default where proven equal to openslide, ``mmpath/io/_fast.py``) and the TIFFs openslide
+  declines or misreads (``mmpath/io/_tiff.py``).
 
 :func:`open_slide` (``policy.py``) chooses among them. All return RGB ``uint8`` arrays of
 shape ``(h, w, 3)``; transparent pixels (outside the scanned area) are composited onto white
