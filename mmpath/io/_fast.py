@@ -2,9 +2,9 @@
 
 openslide's generic-TIFF and Aperio readers decode one tile at a time through libtiff /
 libjpeg / OpenJPEG, wrap each region in a PIL RGBA image and cost ~0.7-0.85x a bare openslide
-loop once mmpath converts to RGB. :class:`mmpath.io._tiff.TiffSlide` reads the same tiles
-with ``FileHandle.read_segments`` and imagecodecs, caches decoded tiles, and returns the same
-pixels 2-3x faster. So it is the default reader for the TIFF flavours it is proven equal on
+loop once mmpath converts to RGB. :class:`mmpath.io.slide.tiff_slide.TiffSlide` reads the
+same tiles with ``FileHandle.read_segments`` and imagecodecs, caches decoded tiles, and returns
+the same pixels 2-3x faster. So it is the default reader for the TIFF flavours it is proven equal on
 (``tests/io/test_fast_path.py``): openslide's ``generic-tiff`` and ``aperio`` vendors.
 
 :func:`fast_path_refusal` is the open-time check. The fast path is refused, and openslide
@@ -45,7 +45,7 @@ def fast_path_refusal(ts, osl) -> str | None:
     Parameters
     ----------
     ts
-        The file opened with :class:`~mmpath.io._tiff.TiffSlide`.
+        The file opened with :class:`~mmpath.io.slide.tiff_slide.TiffSlide`.
     osl
         The same file opened with :class:`~mmpath.io.slide.OpenSlideSlide`.
 
@@ -100,8 +100,7 @@ def open_fast(path: Path, *, mpp: float | None, slide_id: str):
     reason = fast_path_refusal(ts, osl)
     if reason is not None:
         log.info("%s: reading with openslide (%s)", path, reason)
-        ts.close()
-        return _tiff.choose_tiff_backend(osl, mpp=mpp, slide_id=slide_id)
+        return _tiff.choose_tiff_backend(osl, mpp=mpp, slide_id=slide_id, ts=ts)
     ts.adopt(osl)
     osl.close()
     log.info("%s: reading with tifffile (direct tile decode, %s)", path, ts.vendor)

@@ -85,6 +85,11 @@ def read_plain_tiff(path: Path) -> np.ndarray:
         raise SlideError(
             f"cannot read TIFF {str(path)!r}: {err}; the file may be corrupt or truncated"
         ) from None
+    if arr.ndim < 2 or arr.size == 0:  # tifffile found no readable page
+        raise SlideError(
+            f"cannot read TIFF {str(path)!r}: it holds no readable image; the file may be "
+            "corrupt or truncated"
+        )
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W)
     return to_uint8(arr)

@@ -31,9 +31,17 @@ sample slide, the stroma image and synthetic slides resampled by 0.5x, 1x, 2x an
 the metadata wins whenever it is plausible, and the estimate is used only on request
 (``--estimate-mpp``) or to warn when the two disagree by more than 1.5x.
 
-``confidence`` (0-1) is the product of a count term (``min(1, n_nuclei / 100)``) and an
-agreement term (``exp(-spread / 0.15)``, ``spread`` the median absolute deviation of
-``log(d_px)`` between patches, weighted by their nuclei). Below :data:`MIN_CONFIDENCE`
+``confidence`` (0-1) is the product of a count term (``min(1, n_nuclei / 100)``), a
+precision term (``exp(-u / 0.366)``, ``u`` the measured uncertainty as the log half-width of a
+90% interval: the sampling noise, from a bootstrap over each patch's nuclei, and the
+disagreement between patches, their weighted median absolute deviation of ``log(d_px)`` as a
+normal sd, combined as independent) and a patch term (``min(1, 0.4 + 0.2 n_patches)``: one
+patch cannot show whether its nuclei are typical of the slide, so a single-patch image, e.g.
+a 1,500 px export, gets at most 0.6, two patches 0.8). ``low``/``high`` is a 90% range: the
+measured uncertainty and the calibration's (:data:`CALIBRATION_SD`, how far nucleus sizes of
+different tissues stray from 7.5 µm), so it is never narrower than about +-20%; it held the
+truth in the README's matrix (``tools/bench/bench_mpp.py``, ``truth_in_range``).
+Below :data:`MIN_CONFIDENCE`
 callers refuse to use the estimate. Bad input raises :class:`~mmpath.errors.SlideError`
 with one line: no tissue, a greyscale scan (no colour to deconvolve), or fewer than
 :data:`MIN_NUCLEI` nuclei.
@@ -64,6 +72,15 @@ _GLASS = 220  # min channel above this is glass
 _GREY = 12  # tissue whose channels differ by less than this (median) is greyscale
 _MIN_CONTRAST = 0.03  # haematoxylin OD between nuclei and the rest
 _FINE = 24  # nuclei wider than this many px: read the other patches downsampled
+_N_BOOT = 200  # bootstrap replicates for the interval
+_Z90 = 1.645  # a normal's 90% interval, in standard deviations
+_MAD_SD = 1.4826  # a normal's sd per median absolute deviation
+# Confidence falls by 1/e when the measured 90% interval reaches this far (log, ~+-45%): the
+# earlier agreement scale (0.15 in MAD between patches) as a 90% half-width.
+_UNCERTAINTY_SCALE = 0.15 * _MAD_SD * _Z90
+# Log-sd of the calibration error: the 12 cases of tests/pp/test_estimate_mpp.py (README
+# table) err by -13% to +20% around the truth, sd 0.11 in log; nuclei differ by tissue.
+CALIBRATION_SD = 0.11
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,8 @@ class MppEstimate:
     confidence
         0-1; below 0.3 the estimate should not be used.
     low, high
-        Range of the per-patch estimates (µm/px).
+        90% range (µm/px): nuclei sampling (bootstrap), disagreement between patches and the
+        calibration of the 7.5 µm nucleus, so never narrower than about +-20%.
     n_nuclei
         Nuclei measured.
     n_patches
@@ -182,6 +200,40 @@ def _wquantile(values: np.ndarray, weights: np.ndarray, q: float = 0.5) -> float
     order = np.argsort(values)
     cum = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cum, q * cum[-1])])
+
+
+def _patch_term(n_patches: int) -> float:
+    """Confidence cap by patch count: one patch cannot show whether its nuclei are typical of
+    the slide (0.6), two can barely (0.8), three or more can (1)."""
+    return min(1.0, 0.4 + 0.2 * n_patches)
+
+
+def _bootstrap_interval(
+    objects: list[np.ndarray], weights: np.ndarray, n_boot: int = _N_BOOT
+) -> tuple[float, float]:
+    """A 90% interval of the nucleus diameter (px) when nuclei are resampled.
+
+    Each replicate draws every patch's objects with replacement, recomputes each patch's
+    area-weighted median diameter and their count-weighted median, exactly as the estimate
+    itself is computed: the sampling noise of which nuclei a patch happened to hold. The
+    disagreement between patches is measured separately (their spread), and with one patch
+    it cannot be measured at all (:func:`_patch_term` caps the confidence instead). Seeded:
+    the same slide gives the same interval.
+    """
+    rng = np.random.default_rng(0)
+    diam = np.empty((n_boot, len(objects)))
+    for j, areas in enumerate(objects):
+        a = np.sort(areas[rng.integers(0, len(areas), (n_boot, len(areas)))], axis=1)
+        cum = np.cumsum(a, axis=1)
+        mid = (cum >= cum[:, -1:] / 2).argmax(axis=1)  # the object holding the median pixel
+        diam[:, j] = 2 * np.sqrt(a[np.arange(n_boot), mid] / math.pi)
+    logs = np.log(diam)
+    reps = np.array([_wquantile(row, weights) for row in logs])
+    # From the quartiles, as a normal's 5-95%: the median of a few hundred areas jumps when
+    # a resample gathers several merged blobs, and the raw 5-95% would follow those jumps.
+    q25, q50, q75 = np.percentile(reps, (25, 50, 75))
+    sd = (q75 - q25) / 1.349
+    return float(np.exp(q50 - _Z90 * sd)), float(np.exp(q50 + _Z90 * sd))
 
 
 def _patch_origins(slide: Slide, patch0: int, n: int) -> list[tuple[int, int]]:
@@ -289,6 +341,7 @@ def estimate_mpp(slide: Slide, *, n_patches: int = 6, patch: int = 768) -> MppEs
     imgs = [im for im in imgs if _tissue(im).sum() >= 500]
     per_patch: list[float] = []  # nucleus diameter in level-0 px
     counts: list[int] = []
+    objects: list[np.ndarray] = []  # each patch's object areas (level-0 px), for the bootstrap
     for img in imgs:
         thr = _h_threshold([img])  # per patch: staining varies over a slide
         if thr is None:
@@ -300,6 +353,7 @@ def estimate_mpp(slide: Slide, *, n_patches: int = 6, patch: int = 768) -> MppEs
             continue
         per_patch.append(2 * math.sqrt(typical / math.pi))
         counts.append(len(real))
+        objects.append(areas)
     n = int(sum(counts))
     if n < MIN_NUCLEI:
         raise SlideError(
@@ -308,13 +362,23 @@ def estimate_mpp(slide: Slide, *, n_patches: int = 6, patch: int = 768) -> MppEs
         )
     logs, w = np.log(per_patch), np.asarray(counts, np.float64)
     d_px = math.exp(_wquantile(logs, w))
-    spread = _wquantile(np.abs(logs - math.log(d_px)), w)
-    confidence = min(1.0, n / 100) * math.exp(-spread / 0.15)
+    spread = _wquantile(np.abs(logs - math.log(d_px)), w)  # between patches (weighted MAD)
+    d_lo, d_hi = _bootstrap_interval(objects, w)
+    # Measured uncertainty, as the half-width (log) of a 90% interval: sampling (how far the
+    # bootstrap reaches from the estimate) and disagreement between patches (MAD as a normal
+    # sd), taken as independent. The range adds the calibration (how typical nucleus sizes
+    # differ between tissues), which is the same for every slide and so not in the confidence.
+    sampling = max(math.log(d_hi / d_px), math.log(d_px / d_lo), 0.0)
+    measured = math.hypot(sampling, _Z90 * _MAD_SD * spread)
+    confidence = (
+        min(1.0, n / 100) * math.exp(-measured / _UNCERTAINTY_SCALE) * _patch_term(len(counts))
+    )
+    reach = math.hypot(measured, _Z90 * CALIBRATION_SD)
     est = MppEstimate(
         mpp=NUCLEUS_DIAMETER_UM / d_px,
         confidence=round(float(confidence), 3),
-        low=min(NUCLEUS_DIAMETER_UM / max(per_patch), NUCLEUS_DIAMETER_UM / d_px),
-        high=max(NUCLEUS_DIAMETER_UM / min(per_patch), NUCLEUS_DIAMETER_UM / d_px),
+        low=NUCLEUS_DIAMETER_UM / d_px * math.exp(-reach),
+        high=NUCLEUS_DIAMETER_UM / d_px * math.exp(reach),
         n_nuclei=n,
         n_patches=len(per_patch),
         nucleus_px=d_px,

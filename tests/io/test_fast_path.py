@@ -153,3 +153,84 @@ def test_default_read_tiles_matches_openslide(tmp_path):
     # reopened from provenance: still the fast path, still openslide's mpp
     again = mm.io.open_slide_from(tiles)
     assert again.backend == "tifffile" and again.mpp == pytest.approx(0.5)
+
+
+def _holed(path, arr, *, hole: int = 1):
+    tifffile.imwrite(path, arr, tile=(128, 128), photometric="rgb", compression="jpeg")
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        tag = tf.pages[0].tags["TileByteCounts"]
+        counts = list(tag.value)
+        counts[hole] = 0
+        tag.overwrite(counts)
+    return path
+
+
+def test_openslide_reader_missing_tile_white_opaque_tiles_exact(tmp_path):
+    import openslide
+
+    arr = _image(256, 256)
+    path = _holed(tmp_path / "hole.tif", arr)
+    s = mm.io.open_slide(path)
+    assert s.backend == "openslide"
+    osr = openslide.OpenSlide(str(path))
+
+    def ref(loc, size):
+        return np.asarray(osr.read_region(loc, 0, size).convert("RGB"))
+
+    # Opaque tiles: exactly openslide's pixels, as a read-only view the batch copies once.
+    np.testing.assert_array_equal(s._read_view((0, 0), 0, (128, 128)), ref((0, 0), (128, 128)))
+    assert not s._read_view((0, 128), 0, (128, 128)).flags.writeable
+    # The missing tile (top right) is transparent in openslide: white here, never black.
+    assert (s.read_region((128, 0), 0, (128, 128)) == 255).all()
+    assert (ref((128, 0), (128, 128)) == 0).all()  # what a bare convert("RGB") gives
+    # A region across both: the opaque part is openslide's, the hole white.
+    both = s.read_region((64, 64), 0, (128, 128))
+    np.testing.assert_array_equal(both[:, :64], ref((64, 64), (64, 128)))
+    assert (both[:64, 64:] == 255).all()
+    tiles = mm.pp.tile(s, size=128, level=0, min_tissue=0.0)
+    batch = mm.io.read_tiles(s, tiles)
+    assert batch.shape == (4, 128, 128, 3) and (batch[1] == 255).all()
+    np.testing.assert_array_equal(batch[2], ref((0, 128), (128, 128)))
+
+
+def test_pil_rgba_to_rgb_composites_partial_alpha_onto_white():
+    from PIL import Image
+
+    from mmpath.io.slide import rgba_to_rgb as _rgba_to_rgb
+    from mmpath.io.slide.openslide_slide import _pil_rgba_to_rgb
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (9, 13, 4), np.uint8)
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    out = _pil_rgba_to_rgb(Image.fromarray(opaque, "RGBA"))
+    np.testing.assert_array_equal(out, opaque[..., :3])
+    assert out.shape == (9, 13, 3) and out.dtype == np.uint8
+    got = _pil_rgba_to_rgb(Image.fromarray(rgba, "RGBA"))
+    np.testing.assert_array_equal(got, _rgba_to_rgb(rgba))
+    a = rgba[..., 3:].astype(float) / 255  # straight alpha over white, rounded
+    want = np.floor(rgba[..., :3] * a + 255 * (1 - a) + 0.5)
+    assert np.abs(got - want).max() <= 1
+    clear = rgba.copy()
+    clear[..., 3] = 0
+    assert (_pil_rgba_to_rgb(Image.fromarray(clear, "RGBA")) == 255).all()
+
+
+def test_reader_decision_is_reused_until_the_file_changes(tmp_path, monkeypatch):
+    import openslide
+
+    from mmpath.io.slide import policy as slide_mod
+
+    arr = _image(256, 256)
+    path = _holed(tmp_path / "hole.tif", arr)
+    assert mm.io.open_slide(path).backend == "openslide"
+    calls = []
+    real = openslide.OpenSlide.detect_format
+    monkeypatch.setattr(openslide.OpenSlide, "detect_format", lambda p: calls.append(p) or real(p))
+    again = mm.io.open_slide(path, mpp=0.25, slide_id="x")
+    assert again.backend == "openslide" and not calls  # decided at the first open
+    assert again.mpp == 0.25 and again.slide_id == "x"
+    # The same path rewritten without the hole: checked again, now the fast path.
+    tifffile.imwrite(path, arr, tile=(128, 128), photometric="rgb", compression="jpeg")
+    assert mm.io.open_slide(path).backend == "tifffile" and calls
+    assert len(slide_mod._READERS) <= 4096

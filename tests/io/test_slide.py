@@ -230,3 +230,10 @@ def test_ome_tiff_mpp_and_slide_id(tmp_path):
         s = mm.io.open_slide(tmp_path / f"{name}.ome.tif")
         assert s.slide_id == name
         assert s.mpp == pytest.approx(0.5) and s.mpp_source == "metadata"
+
+
+def test_tiff_header_with_garbage_is_one_clear_error(tmp_path):
+    path = tmp_path / "g.tif"
+    path.write_bytes(b"II*\x00" + b"garbage" * 10)  # a TIFF signature, then nothing readable
+    with pytest.raises(SlideError, match="no readable image|corrupt or truncated"):
+        mm.io.open_slide(path)

@@ -4,7 +4,8 @@
 Prints one JSON object: for the bundled Aperio sample (0.499 µm/px), the histolytics HGSC
 stroma image (taken as 0.5 µm/px: its scale is undocumented, see mmpath/pp/mpp.py) and a
 synthetic H&E slide (0.5 µm/px), each resampled by 0.5x, 1x, 2x and 4x (1.0-0.125 µm/px), the
-estimate, its relative error, confidence and time, and the error distribution. The README's
+estimate, its relative error, confidence, 90% range (and whether it holds the truth) and
+time, and the error distribution. The README's
 table comes from this. Needs the test data (``make testdata``) for the stroma image.
 
 Usage::
@@ -58,6 +59,10 @@ def main() -> int:
                     "estimate": round(est.mpp, 4),
                     "rel_error": round(est.mpp / truth - 1, 4),
                     "confidence": est.confidence,
+                    "low": round(est.low, 4),
+                    "high": round(est.high, 4),
+                    "truth_in_range": bool(est.low <= truth <= est.high),
+                    "n_patches": est.n_patches,
                     "n_nuclei": est.n_nuclei,
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
@@ -74,6 +79,7 @@ def main() -> int:
             "mean_signed": round(float(err.mean()), 4),
         },
         "within_25pct": int((np.abs(err) <= 0.25).sum()),
+        "truth_in_range": sum(r["truth_in_range"] for r in rows),
         "n": len(rows),
     }
     print(json.dumps(res))

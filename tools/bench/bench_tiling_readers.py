@@ -11,6 +11,13 @@ touch, once. Goal: ``ratio`` (b / a, tiles/s) >= 2 on TIFF-family slides. Files 
 path refuses stay with openslide (a JPEG TIFF with a missing tile; YCbCr JPEG 2000, Aperio
 33003): there ``ratio`` >= 0.95, i.e. mmpath's batch assembly costs < 5% over openslide.
 
+Each repeat times both loops back to back (best of ``--repeats``), in wall time (``ratio``)
+and in CPU time (``ratio_cpu``: both loops are single-threaded, so this is their cost without
+the other processes on a shared machine; the two agree on an idle one). ``open_ms`` gives
+openslide's open, mmpath's first open (which decides the reader) and its reopen (the decision
+is cached per file for the process). Where openslide is the reader, ``per_tile_overhead_us``
+is each side's cost per tile around the decode (the decode stubbed out, CPU time).
+
 Usage::
 
     python tools/bench/bench_tiling.py --readers --quick    # 2,048 px slides, seconds
@@ -84,24 +91,33 @@ def bench(path: Path, tile: int, repeats: int) -> dict:
     import openslide
 
     import mmpath as mm
+    from mmpath.io.slide import policy as slide_mod
 
+    slide_mod._READERS.clear()  # the first open of this run decides the reader (cold)
+    t0 = time.perf_counter()
     slide = mm.io.open_slide(path)
+    open_cold = time.perf_counter() - t0
     tiles = mm.pp.tile(slide, size=tile, level=0, min_tissue=0.0)
     xy = np.stack([tiles.obs["x"].to_numpy(), tiles.obs["y"].to_numpy()], 1)
     n = len(xy)
-    ref, ours = [], []
+    ref, ours, open_ref, open_ours, cpu_ref, cpu_ours = [], [], [], [], [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         osr = openslide.OpenSlide(str(path))
+        open_ref.append(time.perf_counter() - t0)
         for x, y in xy:
             np.asarray(osr.read_region((int(x), int(y)), 0, (tile, tile)).convert("RGB"))
         osr.close()
         ref.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        cpu_ref.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         with mm.io.open_slide(path) as s:
+            open_ours.append(time.perf_counter() - t0)
             out = mm.io.read_tiles(s, tiles)
         ours.append(time.perf_counter() - t0)
+        cpu_ours.append(time.process_time() - c0)
         assert out.shape[0] == n
+    overhead = _overhead_us(path, slide, tiles, xy, tile) if slide.backend == "openslide" else None
     # decode-only ceiling: every raw tile of level 0 decoded once with the page's decoder
     import tifffile
 
@@ -132,7 +148,52 @@ def bench(path: Path, tile: int, repeats: int) -> dict:
             rate_ours / (len(raw) * 256 * 256 / dec / (tile * tile)), 3
         ),
         "megapixels": round(px / 1e6, 2),
+        "ratios_per_repeat": [round(r / o, 3) for r, o in zip(ref, ours)],
+        # Both loops run on one thread: CPU time is their cost without other processes'
+        # share of the cores (on a loaded machine the wall ratio swings +-40% per repeat).
+        "ratio_cpu": round(min(cpu_ref) / min(cpu_ours), 3),
+        "ratios_cpu_per_repeat": [round(r / o, 3) for r, o in zip(cpu_ref, cpu_ours)],
+        **({"per_tile_overhead_us": overhead} if overhead else {}),
+        "open_ms": {
+            "openslide": round(1e3 * min(open_ref), 2),
+            "mmpath_first": round(1e3 * open_cold, 2),
+            "mmpath_reopen": round(1e3 * min(open_ours), 2),
+        },
     }
+
+
+def _overhead_us(path: Path, slide, tiles, xy: np.ndarray, tile: int, repeats: int = 9) -> dict:
+    """Per-tile cost around openslide's decode, bare loop vs mmpath, with the decode stubbed.
+
+    ``openslide.lowlevel.read_region`` is replaced by a copy of one real RGBA tile, so both
+    loops pay the same for "reading" and what is left is each side's own work (RGBA to RGB,
+    batch assembly, bookkeeping), in CPU time: the quantity the 0.95x goal is about, and
+    steady on a loaded machine where the full-read ratio is not.
+    """
+    import openslide
+    from openslide import lowlevel
+
+    import mmpath as mm
+
+    osr = openslide.OpenSlide(str(path))
+    img = osr.read_region((0, 0), 0, (tile, tile))
+    real = lowlevel.read_region
+    lowlevel.read_region = lambda *a: img.copy()
+    bare, ours = [], []
+    try:
+        for _ in range(repeats):
+            c0 = time.process_time()
+            for x, y in xy:
+                np.asarray(osr.read_region((int(x), int(y)), 0, (tile, tile)).convert("RGB"))
+            bare.append(time.process_time() - c0)
+            c0 = time.process_time()
+            mm.io.read_tiles(slide, tiles)
+            ours.append(time.process_time() - c0)
+    finally:
+        lowlevel.read_region = real
+        osr.close()
+    n = len(xy)
+    return {"bare_loop": round(1e6 * min(bare) / n, 1), "mmpath": round(1e6 * min(ours) / n, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("~/.cache/mmpath/bench").expanduser())
     a = ap.parse_args(argv)
     if a.quick:
-        a.size, a.repeats = 2048, 2
+        a.size, a.repeats = 2048, max(a.repeats, 3)
     a.cache.mkdir(parents=True, exist_ok=True)
     res = {"bench": "tiling.readers", "size": a.size, "load_avg_1m": round(os.getloadavg()[0], 2)}
     fast = ("svs_jpeg", "svs_jpeg2000")
@@ -163,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     kept_ratios = [v["ratio"] for k in kept for v in res[k].values()]
     res["target"] = {"tiff_family": ">= 2x", "openslide_reader": ">= 0.95x"}
     res["pass"] = {"tiff_family": min(ratios) >= 2.0, "openslide_reader": min(kept_ratios) >= 0.95}
+    cpu = [v["ratio_cpu"] for k in kept for v in res[k].values()]
+    res["pass_cpu"] = {"openslide_reader": min(cpu) >= 0.95}
     print(json.dumps(res))
     return 0
 
