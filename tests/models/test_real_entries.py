@@ -205,8 +205,10 @@ SIGNATURES = {
         773,
         {
             "visual.proj": (768, 768),
-            "text_projection": (768, 768),
+            "visual.attn_pool.attn.k_proj_weight": (768, 1024),
+            "text.text_projection": (768, 768),
             "text.cls_emb": (768,),
+            "text_decoder.text_projection": (768, 49408),
         },
     ),
 }
