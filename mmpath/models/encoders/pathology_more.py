@@ -329,8 +329,12 @@ class ConchV15Encoder(_NamedFiles, Encoder):
         pos = state.get("trunk.pos_embed")
         if pos is not None and tuple(pos.shape) != tuple(own.shape):
             state["trunk.pos_embed"] = resample_abs_pos_embed(
-                pos, new_size=self.model.trunk.patch_embed.grid_size, num_prefix_tokens=1,
-                interpolation="bilinear", antialias=False, verbose=False,
+                pos,
+                new_size=self.model.trunk.patch_embed.grid_size,
+                num_prefix_tokens=1,
+                interpolation="bilinear",
+                antialias=False,
+                verbose=False,
             )
         load_strict(self.model, state, name=self.info.name)
 

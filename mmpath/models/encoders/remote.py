@@ -102,7 +102,10 @@ class RemoteCodeEncoder(Encoder):
         if not self.text:
             return super().tokenize(texts)
         enc = self.tokenizer(
-            list(texts), max_length=256, padding="max_length", truncation=True,
+            list(texts),
+            max_length=256,
+            padding="max_length",
+            truncation=True,
             return_tensors="pt",
         )
         return Tokens(enc["input_ids"], enc["attention_mask"])
