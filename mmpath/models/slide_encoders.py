@@ -224,13 +224,15 @@ class LoadedSlideEncoder:
 
 
 def create_slide_encoder(
-    name: str, *, trust_remote_code: bool = False, device: str = "cpu"
+    name: str, *, trust_remote_code: bool = False, device: str = "cpu", weights=None
 ) -> LoadedSlideEncoder:
     """Load a slide encoder with its authors' code (see the module docstring).
 
     ``trust_remote_code`` must be given explicitly for entries whose architecture comes from
-    their Hugging Face repository. Weights come from the Hugging Face cache/hub (gated: accept
-    the terms and log in first); offline without a cached copy this fails with one line.
+    their Hugging Face repository. ``weights`` (a file or folder) is for the encoders built here
+    (``feather``): it wins over the Hugging Face cache. Otherwise weights come from the Hugging
+    Face cache/hub (gated: accept the terms and log in first); offline without a cached copy
+    this fails with one line.
 
     Example
     -------
@@ -238,7 +240,12 @@ def create_slide_encoder(
     """
     spec = _spec(name)
     if spec.offline:
-        return LoadedSlideEncoder(spec, _load_feather(spec).eval().to(device), device)
+        return LoadedSlideEncoder(spec, _load_feather(spec, weights).eval().to(device), device)
+    if weights is not None:
+        raise ModelError(
+            f"weights= applies to the slide encoders built here (feather); {name} loads with "
+            "its authors' code from the Hugging Face cache"
+        )
     if spec.remote_code and not trust_remote_code:
         raise ModelError(
             f"{name} runs model code from its Hugging Face repository ({spec.repo}); read it, "
@@ -289,10 +296,13 @@ def build_slide_encoder(name: str, *, device: str = "meta"):
         return FeatherABMIL(in_dim=spec.feature_dim, embed_dim=spec.out_dim)
 
 
-def _load_feather(spec: SlideEncoderSpec):
+def _load_feather(spec: SlideEncoderSpec, weights=None):
     from mmpath.models.weights import read_state_dict
 
     model = build_slide_encoder(spec.name, device="cpu")
+    if weights is not None:
+        model.load_reference_state(read_state_dict(weights, files=("model.safetensors",)))
+        return model
     try:
         from huggingface_hub import snapshot_download
 

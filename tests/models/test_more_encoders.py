@@ -162,6 +162,7 @@ def test_list_shows_licence_and_gating_of_the_new_entries():
     df = M.list_encoders("*").set_index("name")
     for name in ("h-optimus-1", "h0-mini", "conch_v15", "hibou-l", "musk"):
         assert "gated" in df.loc[name, "license"], name
-    assert df.loc["midnight", "license"] == "MIT"
+    assert df.loc["midnight", "license"] == "MIT (not gated)"
+    assert "not gated" in df.loc["gpfm", "license"]
     assert "remote code" in df.loc["keep", "license"]
     assert not df.loc[["gpfm", "midnight", "omiclip", "conch_v15"], "verified"].any()

@@ -214,3 +214,36 @@ def test_feather_refuses_a_checkpoint_of_another_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-mmpath-cache")
     with pytest.raises(WeightsError, match="feather"):
         create_slide_encoder("feather")
+
+
+def test_cli_embed_slides_with_feather_weights_file(tmp_path, capsys):
+    """A user's run: FEATHER weights on disk (MIL-Lab names) -> one 512-d vector per slide,
+    equal to the reference formula on all of the slide's tiles."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchmil")
+    from safetensors.torch import save_file
+
+    import mmpath as mm
+    from mmpath.cli import main
+    from mmpath.models.slide_encoders import build_slide_encoder
+
+    state = _feather_reference_state(3)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    table = _table(n=12)
+    table.write_h5ad(tmp_path / "t.h5ad")
+    args = ["embed-slides", str(tmp_path / "t.h5ad"), "--encoder", "feather", "--use-rep"]
+    args += ["X_f", "--weights", str(tmp_path), "-o", str(tmp_path / "s.h5ad"), "--device", "cpu"]
+    assert main(args) == 0, capsys.readouterr().err
+    slides = mm.io.read_h5ad(tmp_path / "s.h5ad")
+    z = np.asarray(slides.obsm["X_feather"])
+    assert z.shape == (1, 512)
+    ref = build_slide_encoder("feather", device="cpu").eval()
+    ref.load_reference_state(state)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(table.obsm["X_f"])[None]).numpy()
+    np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-6)
+    # weights= is refused for the encoders that load with their authors' code
+    from mmpath.models.slide_encoders import create_slide_encoder
+
+    with pytest.raises(ModelError, match="built here"):
+        create_slide_encoder("titan", trust_remote_code=True, weights=str(tmp_path))

@@ -114,7 +114,7 @@ GPFM_INFO = EncoderInfo(
     1024,
     data=HALF_IMAGENET,
     pooling="cls",
-    license=NOT_CHECKED,
+    license=f"not gated; {NOT_CHECKED}",
     source="https://huggingface.co/majiabo/GPFM (Ma et al., 2024)",
 )
 
@@ -179,7 +179,7 @@ MIDNIGHT_INFO = EncoderInfo(
     3072,
     data=DataConfig(input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), mpp=0.5),
     pooling="cls+mean",
-    license="MIT",
+    license="MIT (not gated)",
     source="https://huggingface.co/kaiko-ai/midnight (Karasikov et al., 2025)",
 )
 
@@ -367,7 +367,7 @@ OMICLIP_INFO = EncoderInfo(
     proj_dim=768,
     data=DataConfig(input_size=224, mean=CLIP_MEAN, std=CLIP_STD, mpp=None),
     pooling="clip",
-    license=NOT_CHECKED,
+    license=f"gating not checked; {NOT_CHECKED}",
     source="https://huggingface.co/WangGuangyuLab/Loki (OmiCLIP in Loki; Chen et al., 2025)",
 )
 

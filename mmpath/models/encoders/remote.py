@@ -145,7 +145,7 @@ KEEP_INFO = EncoderInfo(
     proj_dim=768,
     data=IMAGENET,
     pooling="clip",
-    license="see the model card (licence not checked here; remote code)",
+    license="not gated; see the model card (licence not checked here; remote code)",
     source="https://huggingface.co/Astaxanthin/KEEP (Zhou et al., 2024); trust_remote_code",
 )
 MUSK_INFO = EncoderInfo(
