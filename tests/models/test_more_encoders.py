@@ -138,6 +138,26 @@ def test_hf_vision_cls_plus_mean_pooling():
         HFVisionEncoder(config=cfg, pooling="max")
 
 
+def test_hf_vision_pooling_survives_save_and_reload(tmp_path):
+    from mmpath.models.encoders.hf import HFVisionEncoder
+
+    cfg = {
+        "model_type": "dinov2",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 28,
+        "patch_size": 14,
+    }
+    enc = HFVisionEncoder(config=cfg, pooling="cls+mean").eval()
+    M.save_encoder(enc, tmp_path / "m")
+    again = M.create_encoder(f"local-dir:{tmp_path / 'm'}")
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(x).features, enc.encode_image(x).features)
+    assert again.info.embed_dim == 64
+
+
 @pytest.mark.parametrize("name", ["hibou-l", "keep"])
 def test_remote_code_is_an_explicit_opt_in(name, monkeypatch):
     monkeypatch.delenv("MMPATH_TRUST_REMOTE_CODE", raising=False)
