@@ -137,6 +137,9 @@ def register_embed(sub) -> None:
     )
     p.add_argument("-o", "--out", required=True, help="slide table to write (.h5ad)")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: auto)")
+    p.add_argument(
+        "--weights", default=None, help="weights file/folder (feather; default: the HF cache)"
+    )
     p.set_defaults(func=cmd_embed_slides)
 
 
@@ -157,6 +160,7 @@ def cmd_embed_slides(args) -> int:
                 use_rep=args.use_rep,
                 trust_remote_code=args.trust_remote_code,
                 device=args.device,
+                weights=args.weights,
             )
         )
     merged = ad.concat(parts, merge="first")

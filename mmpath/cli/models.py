@@ -50,7 +50,8 @@ def cmd_list(args) -> int:
         names = slide_encoders.list(args.pattern)
         for name in names:
             print(f"{name}: {slide_encoders.get(name).meta.status}")
-        summary(args, f"{len(names)} slide encoders (none built or checked offline)")
+        built = sum(slide_encoders.get(n).meta.offline for n in names)
+        summary(args, f"{len(names)} slide encoders ({built} built and checked offline)")
         return 0
     from mmpath.models import list_encoders
 

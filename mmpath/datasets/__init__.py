@@ -18,7 +18,12 @@ from mmpath.datasets.synthetic import (
     render,
     write_synthetic_slide,
 )
-from mmpath.datasets.synthetic_mil import MILCohort, synthetic_mil_cohort, write_mil_cohort
+from mmpath.datasets.synthetic_mil import (
+    MILCohort,
+    synthetic_mil_cohort,
+    synthetic_survival_cohort,
+    write_mil_cohort,
+)
 from mmpath.datasets.synthetic_st import SyntheticST, synthetic_st
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +40,7 @@ __all__ = [
     "synthetic_st",
     "SyntheticST",
     "synthetic_mil_cohort",
+    "synthetic_survival_cohort",
     "write_mil_cohort",
     "MILCohort",
 ]

@@ -31,7 +31,14 @@ import pandas as pd
 
 from mmpath import _keys as K
 
-__all__ = ["MILCohort", "synthetic_mil_cohort", "write_mil_cohort", "SYNTH_REP", "SIGNAL"]
+__all__ = [
+    "MILCohort",
+    "synthetic_mil_cohort",
+    "synthetic_survival_cohort",
+    "write_mil_cohort",
+    "SYNTH_REP",
+    "SIGNAL",
+]
 
 SYNTH_REP = "X_synth"
 SIGNAL = "signal"  # obs: True on the rare signal tiles (the truth attention should find)
@@ -143,6 +150,67 @@ def synthetic_mil_cohort(
                 "label": "positive" if pos_patient[p] else "negative",
                 "time": float(min(surv_time[p], censor[p])),
                 "event": int(surv_time[p] <= censor[p]),
+                "signal_frac": frac,
+            }
+        )
+    return MILCohort(tables, pd.DataFrame(rows))
+
+
+def synthetic_survival_cohort(
+    n_slides: int = 90,
+    *,
+    dim: int = 32,
+    tiles: tuple[int, int] = (150, 300),
+    max_frac: float = 0.3,
+    log_hazard_range: float = 8.0,
+    censor_rate: float = 0.1,
+    seed: int = 0,
+) -> MILCohort:
+    """A survival cohort with a known truth: the hazard grows with the signal tiles' share.
+
+    Every slide (one per patient) gets a signal share ``f ~ U(0, max_frac)`` of its tiles (the
+    signal type of :func:`synthetic_mil_cohort`, in one blob); its log hazard is
+    ``log_hazard_range * (f / max_frac - 0.5)``, its time ``Exp(hazard)``, censored by an
+    independent ``Exp(censor_rate)`` time. The best possible risk is ``signal_frac`` (in
+    ``labels``); a model that measures the share of signal tiles ranks the times well, one that
+    only sees whether the signal is present cannot.
+
+    Example
+    -------
+    >>> cohort = synthetic_survival_cohort(90, seed=0)
+    >>> sorted(cohort.labels.columns)[:3]
+    ['event', 'label', 'patient_id']
+    """
+    rng = np.random.default_rng(seed)
+    n_types = 4
+    centers = np.zeros((n_types, dim))
+    centers[:, : dim - 8] = rng.normal(0, 1.5, (n_types, dim - 8))
+    signal_center = np.zeros(dim)
+    signal_center[dim - 8 :] = 4.0
+    tables, rows = [], []
+    for s in range(n_slides):
+        sid = f"V{s:03d}"
+        n = int(rng.integers(tiles[0], tiles[1] + 1))
+        side = int(np.ceil(np.sqrt(n)))
+        grid = np.stack(np.unravel_index(np.arange(n), (side, side)), 1)[:, ::-1]
+        types = rng.choice(n_types, n, p=rng.dirichlet(np.ones(n_types)))
+        emb = centers[types] + rng.normal(0, 0.5, dim) + rng.normal(0, 1.0, (n, dim))
+        k = int(round(n * rng.uniform(0, max_frac)))
+        nearest = np.argsort(((grid - grid[rng.integers(n)]) ** 2).sum(1), kind="stable")[:k]
+        signal = np.zeros(n, bool)
+        signal[nearest] = True
+        emb[nearest] = signal_center + rng.normal(0, 0.5, dim) + rng.normal(0, 1.0, (k, dim))
+        frac = k / n
+        hazard = np.exp(log_hazard_range * (frac / max_frac - 0.5))
+        t_event, t_censor = rng.exponential(1 / hazard), rng.exponential(1 / censor_rate)
+        tables.append(_table(sid, emb, signal, grid * TILE))
+        rows.append(
+            {
+                K.SLIDE_ID: sid,
+                K.PATIENT_ID: f"Q{s:03d}",
+                "label": "high" if frac > max_frac / 2 else "low",
+                "time": float(min(t_event, t_censor)),
+                "event": int(t_event <= t_censor),
                 "signal_frac": frac,
             }
         )

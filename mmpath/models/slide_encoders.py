@@ -19,14 +19,16 @@ Loading code follows each model card (facts checked against the authors' code an
   ``gigapath.slide_encoder.create_model("hf_hub:prov-gigapath/prov-gigapath",
   "gigapath_slide_enc12l768d", 1536, global_pool=True)`` (LongNet; the ``gigapath`` package
   from GitHub, fairscale and flash-attn), output of layer 11 -> 768-d.
-* ``feather`` (MahmoodLab/abmil.base.conch_v15.pc108-24k): an ABMIL slide encoder on CONCH
-  v1.5 features, remote code, ``forward_features(x)`` -> 768-d.
+* ``feather`` (MahmoodLab/abmil.base.conch_v15.pc108-24k): MIL-Lab's gated-attention ABMIL on
+  CONCH v1.5 features, ``forward_features(x)`` -> 512-d (Trident's ``embedding_dim``). Its
+  repository ships remote code too, but the architecture is small and public (MIL-Lab's
+  ``abmil/base.yaml``), so it is **built here** from torchmil (:mod:`mmpath.models.slide_feather`)
+  without remote code, and checked at full size on the meta device.
 
-**None of these architectures can be built here offline**: TITAN, PRISM and FEATHER ship their
-model code inside their Hugging Face repositories (run only with ``trust_remote_code=True``,
-an explicit opt-in), and the GigaPath slide encoder lives in a GitHub-only package. So,
-unlike the patch encoders, they are **not** checked at full size on the meta device;
-``mmpath list`` says so.
+TITAN and PRISM ship their model code only inside their Hugging Face repositories (run only
+with ``trust_remote_code=True``, an explicit opt-in), and the GigaPath slide encoder (LongNet)
+lives in the GitHub-only ``gigapath`` package (its ``torchscale`` fork is not on PyPI either):
+these three **cannot be built offline** and are not meta-checked; ``mmpath list`` says so.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "create_slide_encoder",
     "check_slide_features",
     "LoadedSlideEncoder",
+    "build_slide_encoder",
 ]
 
 slide_encoders: Registry = Registry("slide encoder")
@@ -69,15 +72,20 @@ class SlideEncoderSpec:
     remote_code: bool  # the architecture comes from the model repo (trust_remote_code)
     needs_coords: bool
     requires: str = ""  # pip packages beyond transformers
+    offline: bool = False  # the architecture is built here (meta-checked), no remote code
 
     @property
     def status(self) -> str:
         """One line for ``mmpath list``."""
         how = "remote code (trust_remote_code opt-in)" if self.remote_code else self.requires
+        built = (
+            "built here (torchmil), checked at full size offline"
+            if self.offline
+            else f"architecture from {how}; not built or checked offline"
+        )
         return (
             f"needs {self.patch_encoders[0]} {self.feature_dim}-d features of {self.tile_px} px "
-            f"at {self.mpp} µm/px; {self.licence}{', gated' if self.gated else ''}; "
-            f"architecture from {how}; not built or checked offline"
+            f"at {self.mpp} µm/px; {self.licence}{', gated' if self.gated else ''}; {built}"
         )
 
 
@@ -130,11 +138,13 @@ for _spec in (
         768,
         512,
         0.5,
-        768,
+        512,
         "see the model card (not checked)",
         False,  # gating not checked
-        True,
+        False,  # built here (slide_feather), not from the repository's code
         False,
+        requires="torchmil (pip install 'mmpath[mil]')",
+        offline=True,
     ),
 ):
     slide_encoders.register(_spec.name, meta=_spec)(lambda spec=_spec: spec)
@@ -214,19 +224,28 @@ class LoadedSlideEncoder:
 
 
 def create_slide_encoder(
-    name: str, *, trust_remote_code: bool = False, device: str = "cpu"
+    name: str, *, trust_remote_code: bool = False, device: str = "cpu", weights=None
 ) -> LoadedSlideEncoder:
     """Load a slide encoder with its authors' code (see the module docstring).
 
     ``trust_remote_code`` must be given explicitly for entries whose architecture comes from
-    their Hugging Face repository. Weights come from the Hugging Face cache/hub (gated: accept
-    the terms and log in first); offline without a cached copy this fails with one line.
+    their Hugging Face repository. ``weights`` (a file or folder) is for the encoders built here
+    (``feather``): it wins over the Hugging Face cache. Otherwise weights come from the Hugging
+    Face cache/hub (gated: accept the terms and log in first); offline without a cached copy
+    this fails with one line.
 
     Example
     -------
     >>> enc = create_slide_encoder("titan", trust_remote_code=True, device="cuda")
     """
     spec = _spec(name)
+    if spec.offline:
+        return LoadedSlideEncoder(spec, _load_feather(spec, weights).eval().to(device), device)
+    if weights is not None:
+        raise ModelError(
+            f"weights= applies to the slide encoders built here (feather); {name} loads with "
+            "its authors' code from the Hugging Face cache"
+        )
     if spec.remote_code and not trust_remote_code:
         raise ModelError(
             f"{name} runs model code from its Hugging Face repository ({spec.repo}); read it, "
@@ -254,3 +273,45 @@ def create_slide_encoder(
             "Hugging Face, log in, and download it where the hub is reachable"
         ) from None
     return LoadedSlideEncoder(spec, model.eval().to(device), device)
+
+
+def build_slide_encoder(name: str, *, device: str = "meta"):
+    """The architecture of a slide encoder that is built here (random init; ``"meta"``: shapes
+    only). Others raise a one-line :class:`ModelError` saying why they cannot be.
+
+    Example
+    -------
+    >>> m = build_slide_encoder("feather")
+    >>> sum(p.numel() for p in m.parameters())
+    788096
+    """
+    import torch
+
+    spec = _spec(name)
+    if not spec.offline:
+        raise ModelError(f"{name} cannot be built offline: {spec.status}")
+    from mmpath.models.slide_feather import FeatherABMIL
+
+    with torch.device(device):
+        return FeatherABMIL(in_dim=spec.feature_dim, embed_dim=spec.out_dim)
+
+
+def _load_feather(spec: SlideEncoderSpec, weights=None):
+    from mmpath.models.weights import read_state_dict
+
+    model = build_slide_encoder(spec.name, device="cpu")
+    if weights is not None:
+        model.load_reference_state(read_state_dict(weights, files=("model.safetensors",)))
+        return model
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(spec.repo, allow_patterns=["model.safetensors", "config.json"])
+    except Exception as err:  # noqa: BLE001 - offline, gated, not found: one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise WeightsError(
+            f"cannot get {spec.name}'s weights from {spec.repo} ({first}); download them where "
+            "the hub is reachable (accept its terms and log in first if it is gated)"
+        ) from None
+    model.load_reference_state(read_state_dict(folder, files=("model.safetensors",)))
+    return model

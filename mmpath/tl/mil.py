@@ -169,6 +169,7 @@ def embed_slides(
     trust_remote_code: bool = False,
     key_added: str | None = None,
     device: str | None = None,
+    weights: str | None = None,
 ):
     """One embedding per slide from a pretrained slide encoder (TITAN, PRISM, GigaPath...).
 
@@ -189,6 +190,9 @@ def embed_slides(
         obsm key of the slide embeddings in the returned table (default ``X_<encoder>``).
     device
         Torch device (default: CUDA if available, else CPU).
+    weights
+        Weights file or folder, for the slide encoders built here (``feather``); default: the
+        Hugging Face cache.
 
     Returns
     -------
@@ -206,7 +210,9 @@ def embed_slides(
     _prov.require_tile_table(adata)
     spec = check_slide_features(adata, encoder, use_rep=use_rep)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = create_slide_encoder(encoder, trust_remote_code=trust_remote_code, device=dev)
+    model = create_slide_encoder(
+        encoder, trust_remote_code=trust_remote_code, device=dev, weights=weights
+    )
     key = key_added or K.rep_key(K.slugify(encoder))
     sid = adata.obs[K.SLIDE_ID].astype(str).to_numpy()
     rows, vecs = [], []

@@ -142,6 +142,75 @@ SIGNATURES = {
             "embeddings.position_embeddings.weight": (512, 384),
         },
     ),
+    # --- issue 16 additions: values from the public construction code (see
+    # mmpath/models/encoders/pathology_more.py); not checked against the weight files.
+    # bioptimus/H-optimus-1: H-optimus-0's architecture (card), 1.1B
+    "h-optimus-1": (
+        1134.8e6,
+        567,
+        {
+            "pos_embed": (1, 256, 1536),
+            "reg_token": (1, 4, 1536),
+            "blocks.39.mlp.fc1.weight": (8192, 1536),
+        },
+    ),
+    # bioptimus/H0-mini: ViT-B/14, 4 registers (261 tokens at 224 px), SwiGLU; 86M (card)
+    "h0-mini": (
+        85.74e6,
+        175,
+        {
+            "pos_embed": (1, 256, 768),
+            "reg_token": (1, 4, 768),
+            "blocks.11.mlp.fc1.weight": (4096, 768),
+            "blocks.11.mlp.fc2.weight": (768, 2048),
+            "patch_embed.proj.weight": (768, 3, 14, 14),
+        },
+    ),
+    # majiabo/GPFM: DINOv2 ViT-L/14 at 224 px (Trident loads GPFM.pth strictly into it)
+    "gpfm": (
+        303.23e6,
+        342,
+        {
+            "pos_embed": (1, 257, 1024),
+            "blocks.23.ls2.gamma": (1024,),
+            "patch_embed.proj.weight": (1024, 3, 14, 14),
+        },
+    ),
+    # kaiko-ai/midnight: transformers Dinov2Model ViT-g/14, fused SwiGLU (4096 hidden)
+    "midnight": (
+        1136.48e6,
+        None,
+        {
+            "embeddings.position_embeddings": (1, 1370, 1536),
+            "encoder.layer.39.mlp.gate_proj.weight": (4096, 1536),
+            "encoder.layer.39.mlp.down_proj.weight": (1536, 4096),
+        },
+    ),
+    # MahmoodLab/conchv1_5 pytorch_model_vision.bin: ViT-L/16 trunk + attentional pooler
+    "conch_v15": (
+        306.11e6,
+        352,
+        {
+            "trunk.pos_embed": (1, 197, 1024),
+            "trunk.blocks.0.ls1.gamma": (1024,),
+            "attn_pool_contrast.query": (1, 768),
+            "attn_pool_contrast.to_kv.weight": (1536, 1024),
+            "attn_pool_contrast.to_out.weight": (768, 768),
+            "ln_contrast.weight": (768,),
+        },
+    ),
+    # OmiCLIP (Loki): open_clip coca_ViT-L-14
+    "omiclip": (
+        638.45e6,
+        773,
+        {
+            "visual.proj": (768, 768),
+            "visual.attn_pool.attn.k_proj_weight": (768, 1024),
+            "text.text_projection": (768, 768),
+            "text.cls_emb": (768,),
+            "text_decoder.text_projection": (768, 49408),
+        },
+    ),
 }
 
 
@@ -195,4 +264,10 @@ PATCH = {
     "plip": 32,
     "quiltnet": 32,
     "conch": 16,
+    "h-optimus-1": 14,
+    "h0-mini": 14,
+    "gpfm": 14,
+    "midnight": 14,
+    "conch_v15": 16,
+    "omiclip": 14,
 }

@@ -9,6 +9,8 @@ from mmpath.models.encoders import (  # noqa: F401
     hf,
     pair,
     pathology,
+    pathology_more,
+    remote,
     text,
     timm_tower,
     tiny,

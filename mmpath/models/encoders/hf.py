@@ -249,8 +249,12 @@ class HFVisionEncoder(_HFBase):
         config: dict[str, Any] | None = None,
         info: EncoderInfo | None = None,
         data: dict[str, Any] | None = None,
+        pooling: str = "cls",
     ) -> None:
         super().__init__()
+        if pooling not in ("cls", "cls+mean"):
+            raise ValueError(f"unknown pooling {pooling!r}")
+        self.pooling = pooling
         cfg = hf_config(path if path is not None else config)
         kwargs = {"add_pooling_layer": False} if cfg.model_type == "vit" else {}
         self.model = transformers.AutoModel.from_config(cfg, **kwargs)
@@ -260,16 +264,19 @@ class HFVisionEncoder(_HFBase):
         self.info = info or EncoderInfo(
             name=f"hf_{cfg.model_type}",
             kind="image",
-            embed_dim=int(cfg.hidden_size),
+            embed_dim=int(cfg.hidden_size) * (2 if pooling == "cls+mean" else 1),
             data=DataConfig(input_size=int(size), **(data or {})),
-            pooling="cls",
+            pooling=pooling,
             source=f"transformers {type(self.model).__name__}",
             slug=f"hf_{cfg.model_type}",
         )
 
     def encode_image(self, x: torch.Tensor) -> ImageEmbedding:
-        out = self.model(pixel_values=x)
-        return ImageEmbedding(out.last_hidden_state[:, 0], None)
+        tokens = self.model(pixel_values=x).last_hidden_state
+        if self.pooling == "cls+mean":  # class token + mean of the patch tokens (Midnight)
+            feats = torch.cat([tokens[:, 0], tokens[:, self.n_prefix :].mean(dim=1)], dim=-1)
+            return ImageEmbedding(feats, None)
+        return ImageEmbedding(tokens[:, 0], None)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | Sequence[int] = 4
@@ -282,7 +289,10 @@ class HFVisionEncoder(_HFBase):
         return tokens_to_maps([hidden[i] for i in idx], self.n_prefix, grid)
 
     def export(self, root: Path, sub: str) -> dict[str, Any]:
-        return {"family": "hf_vision", "kwargs": {"path": self._export_folder(root, sub)}}
+        kwargs: dict[str, Any] = {"path": self._export_folder(root, sub)}
+        if self.pooling != "cls":
+            kwargs["pooling"] = self.pooling
+        return {"family": "hf_vision", "kwargs": kwargs}
 
 
 class HFTextEncoder(_HFBase):
@@ -351,9 +361,11 @@ def hf_clip_family(path: str | None = None, *, config: dict[str, Any] | None = N
 
 
 @families.register("hf_vision")
-def hf_vision_family(path: str | None = None, *, config: dict[str, Any] | None = None):
+def hf_vision_family(
+    path: str | None = None, *, config: dict[str, Any] | None = None, pooling: str = "cls"
+):
     """A transformers ViT/Dinov2 model from a folder or config dict (random init)."""
-    return HFVisionEncoder(path, config=config)
+    return HFVisionEncoder(path, config=config, pooling=pooling)
 
 
 @families.register("hf_text")
