@@ -99,7 +99,17 @@ def test_demo_steps_exist():
 # * ``index`` and ``archive`` run ``tl`` verbs; ``pl`` draws what they produce; ``serve`` and
 #   ``demo`` put them together; ``cli`` is the top, and the package root lazily exposes all.
 LAYERS: list[tuple[str, ...]] = [
-    ("_keys", "errors", "_version", "_names", "_registry", "_settings", "_moved"),
+    (
+        "_keys",
+        "errors",
+        "_version",
+        "_names",
+        "_registry",
+        "_settings",
+        "_moved",
+        "_fork",
+        "_weights",
+    ),
     ("io", "config"),
     ("pp",),
     ("metrics",),
@@ -117,26 +127,14 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 # (importing module, imported module) -> why it is allowed for now. To-do list of issue 12.
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Anomaly training calibrates with the table-level complexity scores of tl.anomaly; the
-    # scores belong below train (models/heads or metrics) when part B of issue 12 moves them.
-    ("mmpath.train.tasks_anomaly", "mmpath.tl._complexity"): "VAE calibration (issue 12 B)",
-    ("mmpath.train.tasks.anomaly", "mmpath.tl._complexity"): "VAE calibration (issue 12 B)",
-    # Old import paths (now DeprecationWarning forwards to mm.metrics) still used by the task
-    # files that part B of issue 12 rewrites; they point at mmpath.metrics when it lands.
-    ("mmpath.train.tasks_anomaly", "mmpath.tl.seg_metrics"): "use mmpath.metrics (issue 12 B)",
-    ("mmpath.train.tasks_seg", "mmpath.tl.seg_metrics"): "use mmpath.metrics (issue 12 B)",
-    ("mmpath.train.tasks.anomaly", "mmpath.tl.seg_metrics"): "use mmpath.metrics (issue 12 B)",
-    ("mmpath.train.tasks.seg", "mmpath.tl.seg_metrics"): "use mmpath.metrics (issue 12 B)",
-    # The expression task reads its inputs and writes its model folder through tl.expression
-    # until those helpers move below train (issue 12 B: one ModelFolder, heads in models/).
+    # The expression task builds its inputs and saves an ExpressionModel through tl.expression:
+    # ExpressionModel cannot move below train, because its in-memory fit runs the train loop
+    # (fit_expression -> train.core.fit). Both imports are lazy, inside the task's functions.
     ("mmpath.train.tasks.expr", "mmpath.tl.expression._api"): "expression inputs (issue 12 B)",
     ("mmpath.train.tasks.expr", "mmpath.tl.expression._model"): "expression folder (issue 12 B)",
 }
 # Modules that import torch at module level outside models/ and train/ -> why.
-TORCH_EXCEPTIONS: dict[str, str] = {
-    "mmpath.tl.expression._heads": "expression torch heads: move to models/heads (issue 12 B)",
-    "mmpath.tl.expression._task": "expression training task: move to train/tasks (issue 12 B)",
-}
+TORCH_EXCEPTIONS: dict[str, str] = {}
 # Public tl/pp/pl functions whose first parameter is not adata/slide -> why.
 FIRST_PARAM_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("pp", "annotate_tiles"): "named tiles (a tile table); renaming would break keyword callers",
@@ -154,10 +152,6 @@ FIRST_PARAM_EXCEPTIONS: dict[tuple[str, str], str] = {
 }
 # Public functions without a return annotation -> why (files other helpers are moving).
 RETURN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("tl", "predict_expression"): "tl/expression moves in issue 12 B; annotate there",
-    ("tl", "area_table"): "tl/segment.py moves in issue 12 B; annotate there",
-    ("tl", "predict_slides"): "tl/mil.py is being edited for survival (issue 16); annotate after",
-    ("tl", "embed_slides"): "tl/mil.py is being edited for survival (issue 16); annotate after",
     ("index", "load"): "index/_store.py is being edited (issue 13); annotate after",
 }
 # The only modules that may spell the provenance slot uns["mmpath"] (everyone else: K.UNS).

@@ -11,7 +11,7 @@ out) and returns a **slide table**: one row per ``slide_id`` with the class prob
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from mmpath import _keys as K
 from mmpath._version import __version__
 from mmpath.errors import DataError
 from mmpath.io import _prov
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def predict_slides(
     key_added: str = K.MIL,
     attention: bool = True,
     device: str | None = None,
-):
+) -> AnnData:
     """Predict one row per slide with a MIL head trained by ``mmpath train mil``.
 
     Parameters
@@ -170,7 +173,7 @@ def embed_slides(
     key_added: str | None = None,
     device: str | None = None,
     weights: str | None = None,
-):
+) -> AnnData:
     """One embedding per slide from a pretrained slide encoder (TITAN, PRISM, GigaPath...).
 
     The table's features are checked against what the encoder needs (patch encoder, width,

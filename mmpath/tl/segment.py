@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from mmpath.errors import DataError, ModelError, SlideError
 from mmpath.io import _prov
 from mmpath.io._mpp import check_mpp
 from mmpath.tl._blend import BandAccumulator, RowReducer, grid_starts, run_pipeline, tile_window
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +472,7 @@ def segment(
     _prov.record_run(adata, "segment", key_added, record)
 
 
-def area_table(adata, *, key: str = K.SEG):
+def area_table(adata, *, key: str = K.SEG) -> AnnData:
     """Slide table (one row per slide) of the areas :func:`segment` recorded.
 
     Returns

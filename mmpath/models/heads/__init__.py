@@ -70,7 +70,7 @@ class HeadInfo:
 
 
 def _encoder(encoder: Any) -> Any:
-    from mmpath.models.registry import create_encoder
+    from mmpath.models.factory import create_encoder
 
     return create_encoder(encoder) if isinstance(encoder, str) else encoder
 

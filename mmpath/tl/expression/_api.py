@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ from mmpath.io import _prov
 from mmpath.metrics import per_gene_scores
 from mmpath.tl.expression._model import ExpressionModel, resolve_params
 from mmpath.tl.expression._targets import DEFAULT_TARGET_SUM, prepare_targets
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,7 @@ def predict_expression(
     use_rep: str | None = None,
     genomic: Genomic = None,
     batch_size: int = 8192,
-):
+) -> AnnData:
     """Predict expression for every tile: a new AnnData (tiles x genes).
 
     The result keeps the tiles' ``obs``, ``obsm`` and provenance, so it works with scanpy

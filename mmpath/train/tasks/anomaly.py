@@ -107,8 +107,8 @@ class AnomalyTask(TrainingTask):
 
     def __init__(self, cfg: AnomalyRunConfig, env: DistEnv) -> None:
         from mmpath.datasets.synthetic_seg import make_anomaly_tiles
+        from mmpath.models.factory import create_encoder
         from mmpath.models.heads import VAEHead
-        from mmpath.models.registry import create_encoder
 
         self.cfg = cfg
         m, S, seed = cfg.model, cfg.model.image_size, cfg.train.seed
@@ -162,8 +162,8 @@ class AnomalyTask(TrainingTask):
     def evaluate(self, epoch: int) -> dict[str, float]:
         if self.val_images is None:
             return {}
+        from mmpath.metrics import anomaly_metrics
         from mmpath.models.heads._complexity import vae_scores
-        from mmpath.tl.seg_metrics import anomaly_metrics
 
         device = next(self.module.parameters()).device
         x = to_tensor(self.val_images)

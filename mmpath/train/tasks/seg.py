@@ -233,8 +233,8 @@ class SegTask(TrainingTask):
     """U-Net on a shared encoder, Dice + CE."""
 
     def __init__(self, cfg: SegRunConfig, env: DistEnv) -> None:
+        from mmpath.models.factory import create_encoder
         from mmpath.models.heads import DiceCELoss, UNetHead, class_weights_from_masks
-        from mmpath.models.registry import create_encoder
         from mmpath.train._selection import BestCheckpoint
 
         self.cfg = cfg
@@ -294,7 +294,7 @@ class SegTask(TrainingTask):
             return self.module.predict_proba(images).argmax(1).cpu().numpy().astype(np.uint8)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        from mmpath.tl.seg_metrics import dice_jaccard
+        from mmpath.metrics import dice_jaccard
 
         if not len(self.val_set):
             return {}
