@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from mmpath.io._atomic import pid_alive
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build", "add"]
+__all__ = ["build", "add", "remove"]
 
 NORMALISATION = "l2"  # stored and query vectors are unit length: inner product = cosine
 
@@ -261,5 +261,38 @@ def add(index, adata, *, gpu: bool | None = None) -> TileIndex:
     path = Path(index)
     idx = load(path, gpu=gpu)
     idx.add(adata)
+    idx.save(path)
+    return idx
+
+
+def remove(index, slides: str | Sequence[str], *, gpu: bool | None = None) -> TileIndex:
+    """Remove slides' tiles from an index; a saved index is updated on disk.
+
+    Parameters
+    ----------
+    index
+        A :class:`TileIndex`, or the directory of a saved one (loaded, changed and saved
+        back atomically: a failure leaves it as it was).
+    slides
+        Slide ids; one not in the index is refused before anything changes.
+    gpu
+        As in :func:`build` (for a directory).
+
+    Returns
+    -------
+    The changed :class:`TileIndex`. An on-disk index keeps its ``.ivfdata`` lists and
+    records the removed tile ids as tombstones that searches skip (see
+    :meth:`TileIndex.remove`).
+
+    Example
+    -------
+    >>> idx = mm.index.remove("archive.idx", ["S7", "S9"])
+    """
+    if isinstance(index, TileIndex):
+        index.remove(slides)
+        return index
+    path = Path(index)
+    idx = load(path, gpu=gpu)
+    idx.remove(slides)
     idx.save(path)
     return idx

@@ -80,13 +80,15 @@ def remove(idx, slides: str | Sequence[str]) -> int:
     unknown = sorted(set(slides) - set(idx.slide_ids))
     if unknown:
         raise IndexError_(f"slide(s) {unknown[:5]} are not in the index")
-    if idx._parts is not None:
-        raise IndexError_(
-            "slides cannot be removed from an on-disk index (its .ivfdata lists are "
-            "read-only); rebuild it without them with mmpath index build"
-        )
     ids = idx._meta.ids[np.isin(idx._meta.slides_of(idx._meta.ids), slides)]
-    removed = F.remove(idx.index, ids)
+    if idx._parts is not None:  # read-only lists: tombstones (see mmpath.index._ondisk)
+        before = len(idx)
+        idx._parts.remove(ids)
+        idx.index = idx._parts.view
+        F.apply_params(idx.index, idx.params)
+        removed = before - len(idx)
+    else:
+        removed = F.remove(idx.index, ids)
     if removed != len(ids):
         raise IndexError_(f"faiss removed {removed} of {len(ids)} tiles; rebuild the index")
     idx._meta.drop(ids)

@@ -254,14 +254,21 @@ def apply_params(index, params: dict[str, Any]) -> None:
 class Selector:
     """An id filter for faiss searches; keeps the SWIG objects alive while in use."""
 
-    def __init__(self, allowed: np.ndarray) -> None:
-        self.allowed = np.ascontiguousarray(allowed, np.int64)
+    def __init__(self, allowed: np.ndarray | None, *, excluded: np.ndarray | None = None) -> None:
+        self.allowed = None if allowed is None else np.ascontiguousarray(allowed, np.int64)
+        self.excluded = None if excluded is None else np.ascontiguousarray(excluded, np.int64)
         self._keep: list[Any] = []
         self.fa = faiss()
 
-    def build(self, ids: np.ndarray, universe: np.ndarray | None = None):
-        """A selector accepting ``ids`` (internal or external, as given)."""
+    def build(self, ids: np.ndarray | None, universe: np.ndarray | None = None):
+        """A selector accepting ``ids`` (internal or external, as given), or every id but
+        ``excluded`` when the selector was made with ``allowed=None``."""
         fa = self.fa
+        if ids is None:  # tombstones: every id but the excluded ones
+            base = fa.IDSelectorBatch(self.excluded)
+            sel = fa.IDSelectorNot(base)
+            self._keep += [self.excluded, base, sel]
+            return sel
         if universe is not None and len(ids) > len(universe) // 2:
             # a wide filter is cheaper as "not the few excluded"
             excluded = np.setdiff1d(universe, ids, assume_unique=True)

@@ -19,6 +19,13 @@ the trained quantizer and never rewrites the existing ones; the segments are sea
 through ``faiss.HStackInvertedLists`` (list ``i`` of the view is list ``i`` of every segment, so
 results equal a single merged index's). Existing segments are hard-linked (or copied across
 file systems) into a new save, so a save stays atomic without copying the lists.
+
+Removing slides never rewrites a list file either: their tile ids become tombstones
+(``removed.npy``, sorted int64), which every search excludes inside faiss' list scan (an
+``IDSelectorNot`` over the tombstones, so ``k`` live hits come back without over-fetching and
+results equal an index without those tiles). A segment whose every tile is removed is dropped
+whole, with its tombstones; tiles of the segment still in memory (added, not yet saved) are
+removed from it for real. ``mmpath index build`` over the remaining tables compacts the rest.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 256 * 2**20
 HEADER = "index.faiss"
 SEGMENT = "seg-{:05d}"
+TOMBSTONES = "removed.npy"
 
 
 def plan(n: int, dim: int, factory: str | None) -> F.Plan:
@@ -172,10 +180,45 @@ def merge_into(header, invlists: list, ivfdata: Path):
 
 @dataclass
 class Segment:
-    """One IVF holding a share of the vectors; ``path`` is its ``.faiss`` file once saved."""
+    """One IVF holding a share of the vectors; ``path`` is its ``.faiss`` file once saved.
+
+    ``bounds`` is ``(lowest, highest)`` tile id in it (recorded in the manifest; read from the
+    lists when missing), used to find the segments a removal empties.
+    """
 
     index: Any
     path: Path | None = None
+    bounds: tuple[int, int] | None = None
+
+    def ids(self) -> np.ndarray:
+        """Every tile id stored in the segment (reads the id part of each list)."""
+        fa = F.faiss()
+        il = fa.extract_index_ivf(self.index).invlists
+        out = [np.zeros(0, np.int64)]
+        for lst in range(il.nlist):
+            n = il.list_size(lst)
+            if n:
+                out.append(fa.rev_swig_ptr(il.get_ids(lst), n).astype(np.int64))
+        return np.concatenate(out)
+
+    def id_bounds(self) -> tuple[int, int] | None:
+        if self.bounds is None and self.index.ntotal:
+            ids = self.ids()
+            self.bounds = (int(ids.min()), int(ids.max()))
+        return self.bounds
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which of the sorted ``ids`` are tiles of this segment (a mask)."""
+        b = self.id_bounds()
+        mask = np.zeros(len(ids), bool)
+        if b is None or not len(ids):
+            return mask
+        lo, hi = np.searchsorted(ids, [b[0], b[1] + 1])
+        if b[1] - b[0] + 1 == self.index.ntotal:  # contiguous ids (as build and add give)
+            mask[lo:hi] = True
+        else:
+            mask[lo:hi] = np.isin(ids[lo:hi], self.ids())
+        return mask
 
     @classmethod
     def merged(cls, header, blocks: list[Path], stem: Path) -> Segment:
@@ -188,35 +231,67 @@ class Segment:
         return cls(out, stem.with_suffix(".faiss"))
 
     @classmethod
-    def read(cls, path: Path) -> Segment:
+    def read(cls, path: Path, bounds=None) -> Segment:
         fa = F.faiss()
         try:
             with _quiet():
                 index = fa.read_index(str(path), fa.IO_FLAG_ONDISK_SAME_DIR | fa.IO_FLAG_READ_ONLY)
         except RuntimeError as err:
             raise IndexError_(f"faiss cannot read {path} ({F._first_line(err)})") from None
-        return cls(index, path)
+        return cls(index, path, None if bounds is None else (int(bounds[0]), int(bounds[1])))
 
 
 class Parts:
     """The trained empty header plus the segments, searched as one IVF (``view``)."""
 
-    def __init__(self, header, segments: list[Segment]) -> None:
+    def __init__(self, header, segments: list[Segment], removed=None) -> None:
         self.header = header
         self.segments = segments
+        #: tombstones: sorted ids of removed tiles still stored in a segment
+        self.removed = np.zeros(0, np.int64) if removed is None else np.asarray(removed, np.int64)
         self._view = None
         self._keep: list[Any] = []
 
     @property
     def ntotal(self) -> int:
+        """Vectors stored, tombstoned ones included."""
         return int(sum(s.index.ntotal for s in self.segments))
+
+    @property
+    def n_live(self) -> int:
+        return self.ntotal - len(self.removed)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove tiles: out of the in-memory segment for real, else as tombstones; segments
+        left without a live tile are dropped (with their tombstones)."""
+        fa = F.faiss()
+        ids = np.unique(np.asarray(ids, np.int64))
+        dead = np.union1d(self.removed, ids)
+        kept = []
+        for seg in self.segments:
+            if seg.path is None:  # added since the last save: in memory, removed for real
+                dead = dead[~seg.holds(dead)]
+                seg.index.remove_ids(fa.IDSelectorBatch(ids))
+                seg.bounds = None
+                if seg.index.ntotal:
+                    kept.append(seg)
+                continue
+            mine = seg.holds(dead)
+            if mine.sum() == seg.index.ntotal:  # every tile removed: drop the segment whole
+                log.info("dropping segment %s: all its tiles are removed", seg.path.stem)
+                dead = dead[~mine]
+                continue
+            kept.append(seg)
+        self.segments, self.removed, self._view = kept, dead, None
 
     @property
     def view(self):
         """The searchable index: the only segment, or the header over stacked lists."""
         if self._view is None:
             fa = F.faiss()
-            if len(self.segments) == 1:
+            if not self.segments:  # every tile removed
+                self._view = fa.clone_index(self.header)
+            elif len(self.segments) == 1:
                 self._view = self.segments[0].index
             else:
                 vec = fa.InvertedListsPtrVector()
@@ -240,11 +315,15 @@ class Parts:
         self.segments[-1].index.add_with_ids(vectors, ids)
         self._view = None
 
-    def save(self, folder: Path) -> list[str]:
-        """Write header and segments into ``folder``; returns the file names written."""
+    def save(self, folder: Path) -> tuple[list[str], dict[str, Any]]:
+        """Write header, segments and tombstones into ``folder``.
+
+        Returns the file names written and the manifest entries (``segments``,
+        ``segment_bounds``, ``n_removed``).
+        """
         fa = F.faiss()
         fa.write_index(self.header, str(folder / HEADER))
-        names = [HEADER]
+        names, stems, bounds = [HEADER], [], {}
         used = {s.path.stem for s in self.segments if s.path is not None}
         fresh = (SEGMENT.format(i) for i in range(len(self.segments) + len(used) + 1))
         for seg in self.segments:
@@ -259,15 +338,40 @@ class Parts:
                 fa.write_index(out, str(stem.with_suffix(".faiss")))
                 del out
             names += [stem.with_suffix(".faiss").name, stem.with_suffix(".ivfdata").name]
-        return names
+            stems.append(stem.name)
+            if seg.bounds is not None or seg.path is None:  # in memory: cheap to read
+                b = seg.id_bounds()
+                if b is not None:
+                    bounds[stem.name] = [int(b[0]), int(b[1])]
+        if len(self.removed):
+            np.save(folder / TOMBSTONES, self.removed, allow_pickle=False)
+            names.append(TOMBSTONES)
+        entries = {"segments": stems, "segment_bounds": bounds, "n_removed": len(self.removed)}
+        return names, entries
 
     @classmethod
-    def load(cls, folder: Path, segments: list[str]) -> Parts:
-        """Read the header and the named segments (their lists stay on disk, memory-mapped)."""
+    def load(cls, folder: Path, segments: list[str], bounds=None, n_removed: int = 0) -> Parts:
+        """Read the header, the named segments (their lists stay on disk, memory-mapped) and
+        the tombstones."""
         fa = F.faiss()
         header = fa.read_index(str(folder / HEADER))
-        segs = [Segment.read(folder / f"{name}.faiss") for name in segments]
-        return cls(header, segs)
+        bounds = bounds if isinstance(bounds, dict) else {}
+        segs = [Segment.read(folder / f"{name}.faiss", bounds.get(name)) for name in segments]
+        removed = read_tombstones(folder / TOMBSTONES, int(n_removed)) if n_removed else None
+        return cls(header, segs, removed)
+
+
+def read_tombstones(path: Path, count: int) -> np.ndarray:
+    """The sorted int64 ids in ``removed.npy``, checked against the manifest's count."""
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise IndexError_(f"cannot read {path} ({err}); rebuild the index") from None
+    if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != count:
+        raise IndexError_(f"{path} does not hold {count} tile ids; rebuild the index")
+    if len(ids) > 1 and not (np.diff(ids) > 0).all():
+        raise IndexError_(f"{path} is not sorted; rebuild the index")
+    return ids
 
 
 @contextlib.contextmanager

@@ -111,7 +111,9 @@ class TileIndex:
         return self._parts is not None
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        """Live tiles (an on-disk index's removed tiles, still in its lists, not counted)."""
+        dead = len(self._parts.removed) if self._parts is not None else 0
+        return int(self.index.ntotal) - dead
 
     def __repr__(self) -> str:
         return (
@@ -186,14 +188,18 @@ class TileIndex:
             self.check_encoder(encoder)
         x = _center.apply(T.prepare(q, self.dim), self.manifest.get("center"))
         self._check_k(k)
-        if where is None and not params:  # the hot path: defaults are set on the index
+        dead = self._parts.removed if self._parts is not None else None
+        if where is None and not params and (dead is None or not len(dead)):
+            # the hot path: defaults are set on the index
             return (self.index if self._gpu is None else self._gpu).search(x, int(k))
         p = {**self.params, **F.check_params(params)}
         selector = None
-        if where is not None:
+        if where is not None:  # filter ids are live ids: removed tiles are never among them
             selector = F.Selector(self.filter_ids(where))
             if self._id_map is None:
                 self._id_map = F.id_map_of(self.index)
+        elif dead is not None and len(dead):  # tombstones, skipped inside faiss' list scan
+            selector = F.Selector(None, excluded=dead)
         index = self._gpu if (self._gpu is not None and selector is None) else self.index
         sp, _keep = F.search_params(index, p, selector, self._id_map)
         return index.search(x, int(k), params=sp)
@@ -207,7 +213,7 @@ class TileIndex:
         return self._meta.filter_ids(where)
 
     def _check_k(self, k: int) -> None:
-        n = self.index.ntotal
+        n = len(self)
         if n == 0:
             raise IndexError_("the index is empty; add tables with idx.add(...)")
         if int(k) < 1:
@@ -475,7 +481,12 @@ class TileIndex:
         return add(self, adata)
 
     def remove(self, slides: str | Sequence[str]) -> int:
-        """Remove every tile of the given slides.
+        """Remove every tile of the given slides (ids of the other tiles are unchanged).
+
+        An in-memory index drops their vectors. An on-disk index never rewrites its
+        ``.ivfdata`` lists: the removed ids become tombstones that every search skips
+        (results equal an index built without those slides); a segment left with no live
+        tile is dropped whole. :meth:`save` writes the change atomically.
 
         Returns
         -------
