@@ -237,9 +237,9 @@ def cmd_add(args) -> int:
 def cmd_remove(args) -> int:
     from mmpath import index
 
-    idx = index.load(args.index)
-    n = idx.remove(args.slides)
-    idx.save(args.index)
+    before = index.read_manifest(args.index)["n_vectors"]
+    idx = index.remove(args.index, args.slides)
+    n = before - len(idx)
     summary(
         args, f"removed {n} tiles of {len(args.slides)} slide(s); the index holds {len(idx)} tiles"
     )

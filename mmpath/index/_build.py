@@ -23,7 +23,7 @@ from mmpath.index import _ondisk as OD
 from mmpath.index import _source as S
 from mmpath.index import _tables as T
 from mmpath.index._meta import MetaStore
-from mmpath.index._store import MANIFEST_FILE, load
+from mmpath.index._store import MANIFEST_FILE, load, load_to_change
 from mmpath.index.tileindex import TileIndex
 from mmpath.io._atomic import pid_alive
 
@@ -259,7 +259,7 @@ def add(index, adata, *, gpu: bool | None = None) -> TileIndex:
         index.add(adata)
         return index
     path = Path(index)
-    idx = load(path, gpu=gpu)
+    idx = load_to_change(path, gpu=gpu)
     idx.add(adata)
     idx.save(path)
     return idx
@@ -292,7 +292,7 @@ def remove(index, slides: str | Sequence[str], *, gpu: bool | None = None) -> Ti
         index.remove(slides)
         return index
     path = Path(index)
-    idx = load(path, gpu=gpu)
+    idx = load_to_change(path, gpu=gpu)
     idx.remove(slides)
     idx.save(path)
     return idx

@@ -189,6 +189,9 @@ class Segment:
     index: Any
     path: Path | None = None
     bounds: tuple[int, int] | None = None
+    #: the manifest's sha256/bytes of its two files, carried into the next save (the files
+    #: are immutable: rehashing multi-GB lists at every add would make an add O(N))
+    records: dict[str, Any] | None = None
 
     def ids(self) -> np.ndarray:
         """Every tile id stored in the segment (reads the id part of each list)."""
@@ -315,15 +318,15 @@ class Parts:
         self.segments[-1].index.add_with_ids(vectors, ids)
         self._view = None
 
-    def save(self, folder: Path) -> tuple[list[str], dict[str, Any]]:
+    def save(self, folder: Path) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
         """Write header, segments and tombstones into ``folder``.
 
-        Returns the file names written and the manifest entries (``segments``,
-        ``segment_bounds``, ``n_removed``).
+        Returns the file names written, the manifest entries (``segments``,
+        ``segment_bounds``, ``n_removed``) and the known checksum records of linked files.
         """
         fa = F.faiss()
         fa.write_index(self.header, str(folder / HEADER))
-        names, stems, bounds = [HEADER], [], {}
+        names, stems, bounds, known = [HEADER], [], {}, {}
         used = {s.path.stem for s in self.segments if s.path is not None}
         fresh = (SEGMENT.format(i) for i in range(len(self.segments) + len(used) + 1))
         for seg in self.segments:
@@ -331,6 +334,9 @@ class Parts:
                 stem = folder / seg.path.stem
                 for suffix in (".faiss", ".ivfdata"):
                     _link_or_copy(seg.path.with_suffix(suffix), stem.with_suffix(suffix))
+                    rec = (seg.records or {}).get(stem.name + suffix)
+                    if rec and stem.with_suffix(suffix).stat().st_size == rec.get("bytes"):
+                        known[stem.name + suffix] = rec
             else:
                 stem = folder / next(n for n in fresh if n not in used)
                 lists = fa.extract_index_ivf(seg.index).invlists
@@ -347,16 +353,23 @@ class Parts:
             np.save(folder / TOMBSTONES, self.removed, allow_pickle=False)
             names.append(TOMBSTONES)
         entries = {"segments": stems, "segment_bounds": bounds, "n_removed": len(self.removed)}
-        return names, entries
+        return names, entries, known
 
     @classmethod
-    def load(cls, folder: Path, segments: list[str], bounds=None, n_removed: int = 0) -> Parts:
+    def load(
+        cls, folder: Path, segments: list[str], bounds=None, n_removed: int = 0, files=None
+    ) -> Parts:
         """Read the header, the named segments (their lists stay on disk, memory-mapped) and
-        the tombstones."""
+        the tombstones; ``files`` are the manifest's checksum records."""
         fa = F.faiss()
         header = fa.read_index(str(folder / HEADER))
         bounds = bounds if isinstance(bounds, dict) else {}
         segs = [Segment.read(folder / f"{name}.faiss", bounds.get(name)) for name in segments]
+        for seg in segs:
+            seg.records = {
+                seg.path.stem + x: (files or {}).get(seg.path.stem + x)
+                for x in (".faiss", ".ivfdata")
+            }
         removed = read_tombstones(folder / TOMBSTONES, int(n_removed)) if n_removed else None
         return cls(header, segs, removed)
 

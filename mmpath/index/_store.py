@@ -75,9 +75,9 @@ def save(idx, path: str | os.PathLike[str]) -> Path:
         manifest = dict(idx.manifest)
         for key in ("segments", "segment_bounds", "n_removed"):
             manifest.pop(key, None)
-        version = 1
+        version, known = 1, {}
         if idx._parts is not None:
-            names, entries = idx._parts.save(tmp)
+            names, entries, known = idx._parts.save(tmp)
             names.append(META_FILE)
             manifest.update(entries)
             version = 3 if entries["n_removed"] else 2
@@ -93,7 +93,8 @@ def save(idx, path: str | os.PathLike[str]) -> Path:
                 "mmpath_version": __version__,
                 "faiss_version": F.faiss().__version__,
                 "files": {
-                    name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                    name: known.get(name)
+                    or {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                     for name in names
                 },
             }
@@ -223,6 +224,22 @@ def load(
     -------
     >>> idx = mm.index.load("archive.idx", encoder="conch")
     """
+    return _load(path, encoder, embedding_key, dim, mmap, verify, gpu)
+
+
+def load_to_change(path: str | os.PathLike[str], *, gpu: bool | None = None):
+    """Load a saved index that will be changed and saved back (add, remove).
+
+    Files the save rewrites (header, metadata, tombstones, an in-memory index) are verified
+    first, so damage is never laundered into fresh checksums. The immutable segment lists are
+    only size-checked: their recorded checksums are carried into the new manifest (a later
+    :func:`load` still verifies them), so changing an archive index does not rehash its
+    multi-GB lists (that made every add O(N)).
+    """
+    return _load(path, None, None, None, False, True, gpu, hash_segments=False)
+
+
+def _load(path, encoder, embedding_key, dim, mmap, verify, gpu, *, hash_segments=True):
     from mmpath.index.tileindex import TileIndex
 
     path = Path(path)
@@ -244,7 +261,8 @@ def load(
         f = path / name
         if not f.is_file():
             raise IndexError_(f"the index at {str(path)!r} is missing {name}; restore or rebuild")
-        if f.stat().st_size != int(rec["bytes"]) or (verify and sha256(f) != rec["sha256"]):
+        check = verify and (hash_segments or not name.startswith("seg-"))
+        if f.stat().st_size != int(rec["bytes"]) or (check and sha256(f) != rec["sha256"]):
             raise IndexError_(
                 f"{name} in {str(path)!r} does not match its manifest checksum (damaged or "
                 "edited); restore it or rebuild the index"
@@ -261,7 +279,9 @@ def load(
             )
         gpu = False
         n_removed = int(manifest.get("n_removed", 0))
-        parts = Parts.load(path, segments, manifest.get("segment_bounds"), n_removed)
+        parts = Parts.load(
+            path, segments, manifest.get("segment_bounds"), n_removed, manifest["files"]
+        )
         index = parts.view
     else:
         flags = fa.IO_FLAG_MMAP | fa.IO_FLAG_READ_ONLY if mmap else 0
