@@ -197,10 +197,6 @@ def cmd_build(args) -> int:
 
     recover(out)  # leftovers of a crashed earlier build (index folders can be large)
     source = _table_paths(args.tables, args)
-    if args.center or args.whiten:  # centring statistics are learnt from tables in memory
-        from mmpath import io
-
-        source = [io.read_h5ad(p) for p in source]
     idx = index.build(
         source,
         use_rep=args.use_rep,

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from mmpath.errors import IndexError_
+from mmpath.index import _center
 from mmpath.index import _faiss as F
 from mmpath.index import _meta as M
 from mmpath.index import _source as S
@@ -92,7 +93,8 @@ def _block_task(task: dict[str, Any]) -> dict[str, Any]:
         got = T.collect([t], task["use_rep"], int(start))
         del t
         if len(got.vectors):
-            index.add_with_ids(got.vectors, got.meta.index.to_numpy(np.int64))
+            vectors = _center.apply(got.vectors, task.get("center"))
+            index.add_with_ids(vectors, got.meta.index.to_numpy(np.int64))
             frames.append(got.meta)
         slides.update(got.slides)
     fa.write_index(index, task["block"])
@@ -110,8 +112,11 @@ def _groups(counts: np.ndarray, n_groups: int) -> list[np.ndarray]:
     return [g for g in np.split(np.arange(len(counts)), np.unique(cut)) if len(g)]
 
 
-def build_blocks(sc: S.Scan, index, use_rep: str, workdir: Path, *, workers: int) -> dict:
-    """Fill the trained ``index`` from the scanned tables, block by block, on disk.
+def build_blocks(
+    sc: S.Scan, index, use_rep: str, workdir: Path, *, workers: int, center=None
+) -> dict:
+    """Fill the trained ``index`` from the scanned tables, block by block, on disk
+    (vectors centred by the ``center`` statistics of :mod:`mmpath.index._center`, if given).
 
     Returns ``{"parts": Parts, "meta": Path, "slides": {...}}``.
     """
@@ -128,6 +133,7 @@ def build_blocks(sc: S.Scan, index, use_rep: str, workdir: Path, *, workers: int
             "items": [(str(sc.paths[i]), int(sc.starts[i])) for i in grp],
             "use_rep": use_rep,
             "threads": 1 if workers > 1 else 0,
+            "center": center,
         }
         for b, grp in enumerate(_groups(sc.counts, n_tasks))
     ]
