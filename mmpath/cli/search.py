@@ -208,7 +208,16 @@ def cmd_build(args) -> int:
         whiten=args.whiten,
     )
     caveat((idx.manifest.get("embedding") or {}).get("caveat"))
-    where = f" (on disk, {args.workers} worker(s))" if idx.on_disk else " (in memory)"
+    ran = idx.manifest.get("build") or {}
+    procs = int(ran.get("processes", 1))
+    if idx.on_disk:
+        where = f"on disk, {ran.get('blocks', 1)} block(s) added by {procs} process(es)"
+    else:
+        where = "in memory, one process"
+    if args.workers > procs:
+        why = "a single block" if idx.on_disk else f"{idx.factory!r} is built in memory"
+        where += f"; {procs} of --workers {args.workers} used: {why}"
+    where = f" ({where})"
     summary(
         args,
         f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r}"

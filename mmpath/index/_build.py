@@ -182,6 +182,7 @@ def _build_files(paths, use_rep, factory, params, gpu, seed, workers, out, centr
     try:
         res = OD.build_blocks(sc, index, use_rep, work, workers=workers, center=spec)
         manifest = _manifest(sc.embedding, use_rep, sc.dim, plan, params, sc.n, res["slides"])
+        manifest["build"] = res["build"]  # what ran: the CLI says so
         if spec is not None:
             manifest["center"] = spec
         meta = MetaStore.from_parquet(res["meta"])
@@ -220,6 +221,7 @@ def _build_in_memory(sc, index, use_rep, plan, params, gpu, out, spec=None) -> T
     # one concatenation (appending table by table copied the growing frame each time)
     meta = frames[0] if len(frames) == 1 else T.append(frames[0], pd.concat(frames[1:]))
     manifest = _manifest(sc.embedding, use_rep, sc.dim, plan, params, sc.n, slides)
+    manifest["build"] = {"blocks": 1, "processes": 1}
     if spec is not None:
         manifest["center"] = spec
     idx = TileIndex(index, meta, manifest, gpu=gpu)

@@ -118,7 +118,8 @@ def build_blocks(
     """Fill the trained ``index`` from the scanned tables, block by block, on disk
     (vectors centred by the ``center`` statistics of :mod:`mmpath.index._center`, if given).
 
-    Returns ``{"parts": Parts, "meta": Path, "slides": {...}}``.
+    Returns ``{"parts": Parts, "meta": Path, "slides": {...}, "build": {"blocks",
+    "processes"}}``: one process when ``workers`` is 1 or there is a single block.
     """
     fa = F.faiss()
     trained = workdir / "trained.faiss"
@@ -137,14 +138,15 @@ def build_blocks(
         }
         for b, grp in enumerate(_groups(sc.counts, n_tasks))
     ]
-    log.info("adding %d vectors in %d block(s) on %d worker(s)", sc.n, len(tasks), workers)
-    if workers > 1 and len(tasks) > 1:
+    processes = min(workers, len(tasks)) if workers > 1 and len(tasks) > 1 else 1
+    log.info("adding %d vectors in %d block(s) on %d process(es)", sc.n, len(tasks), processes)
+    if processes > 1:
         import multiprocessing as mp
 
         # fork: spawn would re-run the caller's script (no __main__ guard in notebooks and
         # scripts); a forked child whose parent ran OpenMP is safe with one OpenMP thread
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as ex:
+        with ProcessPoolExecutor(processes, mp_context=ctx) as ex:
             results = list(ex.map(_block_task, tasks))
     else:
         results = [_block_task(t) for t in tasks]
@@ -157,7 +159,12 @@ def build_blocks(
     trained.unlink()
     meta = workdir / M.META_NAME
     M.merge_parts([Path(t["meta"]) for t, r in zip(tasks, results) if r["meta"]], meta)
-    return {"parts": Parts(F.faiss().clone_index(index), [seg]), "meta": meta, "slides": slides}
+    return {
+        "parts": Parts(F.faiss().clone_index(index), [seg]),
+        "meta": meta,
+        "slides": slides,
+        "build": {"blocks": len(tasks), "processes": processes},
+    }
 
 
 # -- segments -----------------------------------------------------------------------------------
