@@ -22,8 +22,8 @@ file systems) into a new save, so a save stays atomic without copying the lists.
 
 Removing slides never rewrites a list file either: their tile ids become tombstones
 (``removed.npy``, sorted int64), which every search excludes inside faiss' list scan (an
-``IDSelectorNot`` over the tombstones, so ``k`` live hits come back without over-fetching and
-results equal an index without those tiles). A segment whose every tile is removed is dropped
+``IDSelectorNot`` over a cached bitmap of the tombstones, one bit per tile id), so ``k`` live
+hits come back without over-fetching and results equal an index without those tiles. A segment whose every tile is removed is dropped
 whole, with its tombstones; tiles of the segment still in memory (added, not yet saved) are
 removed from it for real. ``mmpath index build`` over the remaining tables compacts the rest.
 """
@@ -265,6 +265,7 @@ class Parts:
         self.segments = segments
         #: tombstones: sorted ids of removed tiles still stored in a segment
         self.removed = np.zeros(0, np.int64) if removed is None else np.asarray(removed, np.int64)
+        self._dead_bits: np.ndarray | None = None
         self._view = None
         self._keep: list[Any] = []
 
@@ -276,6 +277,12 @@ class Parts:
     @property
     def n_live(self) -> int:
         return self.ntotal - len(self.removed)
+
+    def dead_bitmap(self) -> np.ndarray:
+        """The tombstones as a bitmap for search-time filtering (cached; 1 bit per id)."""
+        if self._dead_bits is None:
+            self._dead_bits = F.bitmap(self.removed)
+        return self._dead_bits
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove tiles: out of the in-memory segment for real, else as tombstones; segments
@@ -298,7 +305,7 @@ class Parts:
                 dead = dead[~mine]
                 continue
             kept.append(seg)
-        self.segments, self.removed, self._view = kept, dead, None
+        self.segments, self.removed, self._view, self._dead_bits = kept, dead, None, None
 
     @property
     def view(self):

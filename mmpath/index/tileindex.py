@@ -201,7 +201,7 @@ class TileIndex(TileQueries):
             if self._id_map is None:
                 self._id_map = F.id_map_of(self.index)
         elif dead is not None and len(dead):  # tombstones, skipped inside faiss' list scan
-            selector = F.Selector(None, excluded=dead)
+            selector = F.Selector(None, excluded=self._parts.dead_bitmap())
         index = self._gpu if (self._gpu is not None and selector is None) else self.index
         sp, _keep = F.search_params(index, p, selector, self._id_map)
         return index.search(x, int(k), params=sp)
