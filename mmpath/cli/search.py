@@ -61,7 +61,13 @@ def register(sub) -> None:
 
     r = isub.add_parser("remove", help="remove slides from an index")
     r.add_argument("index", help="index directory")
-    r.add_argument("slides", nargs="+", help="slide ids")
+    r.add_argument("slides", nargs="*", help="slide ids")
+    r.add_argument(
+        "--compact",
+        action="store_true",
+        help="rewrite on-disk segments without removed tiles (else they are skipped as "
+        "tombstones); alone, compacts earlier removals",
+    )
     r.set_defaults(func=cmd_remove)
 
     i = isub.add_parser("info", help="print an index's manifest")
@@ -242,11 +248,16 @@ def cmd_add(args) -> int:
 def cmd_remove(args) -> int:
     from mmpath import index
 
+    if not args.slides and not args.compact:
+        raise IndexError_("name the slide ids to remove (or pass --compact alone to compact)")
     before = index.read_manifest(args.index)["n_vectors"]
-    idx = index.remove(args.index, args.slides)
+    idx = index.remove(args.index, args.slides, compact=args.compact)
     n = before - len(idx)
+    left = index.read_manifest(args.index).get("n_removed", 0)
+    kept = f"; {left} removed tile(s) kept as tombstones (--compact rewrites them)" if left else ""
     summary(
-        args, f"removed {n} tiles of {len(args.slides)} slide(s); the index holds {len(idx)} tiles"
+        args,
+        f"removed {n} tiles of {len(args.slides)} slide(s); the index holds {len(idx)} tiles{kept}",
     )
     return 0
 

@@ -278,7 +278,9 @@ def add(index, adata, *, gpu: bool | None = None) -> TileIndex:
     return idx
 
 
-def remove(index, slides: str | Sequence[str], *, gpu: bool | None = None) -> TileIndex:
+def remove(
+    index, slides: str | Sequence[str], *, compact: bool = False, gpu: bool | None = None
+) -> TileIndex:
     """Remove slides' tiles from an index; a saved index is updated on disk.
 
     Parameters
@@ -288,6 +290,9 @@ def remove(index, slides: str | Sequence[str], *, gpu: bool | None = None) -> Ti
         back atomically: a failure leaves it as it was).
     slides
         Slide ids; one not in the index is refused before anything changes.
+    compact
+        Also rewrite the on-disk segments holding removed tiles without them (see
+        :meth:`TileIndex.remove`); ``slides=[]`` compacts earlier removals only.
     gpu
         As in :func:`build` (for a directory).
 
@@ -302,10 +307,10 @@ def remove(index, slides: str | Sequence[str], *, gpu: bool | None = None) -> Ti
     >>> idx = mm.index.remove("archive.idx", ["S7", "S9"])
     """
     if isinstance(index, TileIndex):
-        index.remove(slides)
+        index.remove(slides, compact=compact)
         return index
     path = Path(index)
     idx = load_to_change(path, gpu=gpu)
-    idx.remove(slides)
+    idx.remove(slides, compact=compact)
     idx.save(path)
     return idx

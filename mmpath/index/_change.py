@@ -93,7 +93,7 @@ def _add_meta(idx, batch: list) -> None:
     log.info("added %d tiles of %d slide(s)", len(meta), meta[K.SLIDE_ID].nunique())
 
 
-def remove(idx, slides: str | Sequence[str]) -> int:
+def remove(idx, slides: str | Sequence[str], *, compact: bool = False) -> int:
     """See :meth:`mmpath.index.TileIndex.remove`."""
     slides = [slides] if isinstance(slides, str) else [str(s) for s in slides]
     unknown = sorted(set(slides) - set(idx.slide_ids))
@@ -102,7 +102,7 @@ def remove(idx, slides: str | Sequence[str]) -> int:
     ids = idx._meta.ids[np.isin(idx._meta.slides_of(idx._meta.ids), slides)]
     if idx._parts is not None:  # read-only lists: tombstones (see mmpath.index._ondisk)
         before = len(idx)
-        idx._parts.remove(ids)
+        idx._parts.remove(ids, compact=compact)
         idx.index = idx._parts.view
         F.apply_params(idx.index, idx.params)
         removed = before - len(idx)

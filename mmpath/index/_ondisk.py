@@ -23,14 +23,17 @@ file systems) into a new save, so a save stays atomic without copying the lists.
 Removing slides never rewrites a list file either: their tile ids become tombstones
 (``removed.npy``, sorted int64), which every search excludes inside faiss' list scan (an
 ``IDSelectorNot`` over a cached bitmap of the tombstones, one bit per tile id), so ``k`` live
-hits come back without over-fetching and results equal an index without those tiles. A segment whose every tile is removed is dropped
-whole, with its tombstones; tiles of the segment still in memory (added, not yet saved) are
-removed from it for real. ``mmpath index build`` over the remaining tables compacts the rest.
+hits come back without over-fetching and results equal an index without those tiles. A
+segment whose every tile is removed is dropped whole, with its tombstones; tiles of the
+segment still in memory (added, not yet saved) are removed from it for real. ``compact=True``
+rewrites the segments holding tombstones without them (list by list, a bounded block at a
+time, into the new save's folder), so the removed tiles stop costing scan time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -202,6 +205,8 @@ class Segment:
     index: Any
     path: Path | None = None
     bounds: tuple[int, int] | None = None
+    #: rewrite it without its tombstoned tiles at the next save (``remove(compact=True)``)
+    compact: bool = False
     #: the manifest's sha256/bytes of its two files, carried into the next save (the files
     #: are immutable: rehashing multi-GB lists at every add would make an add O(N))
     records: dict[str, Any] | None = None
@@ -284,9 +289,10 @@ class Parts:
             self._dead_bits = F.bitmap(self.removed)
         return self._dead_bits
 
-    def remove(self, ids: np.ndarray) -> None:
+    def remove(self, ids: np.ndarray, *, compact: bool = False) -> None:
         """Remove tiles: out of the in-memory segment for real, else as tombstones; segments
-        left without a live tile are dropped (with their tombstones)."""
+        left without a live tile are dropped (with their tombstones). ``compact``: segments
+        holding tombstones are rewritten without them at the next :meth:`save`."""
         fa = F.faiss()
         ids = np.unique(np.asarray(ids, np.int64))
         dead = np.union1d(self.removed, ids)
@@ -304,6 +310,7 @@ class Parts:
                 log.info("dropping segment %s: all its tiles are removed", seg.path.stem)
                 dead = dead[~mine]
                 continue
+            seg.compact = seg.compact or (compact and bool(mine.any()))
             kept.append(seg)
         self.segments, self.removed, self._view, self._dead_bits = kept, dead, None, None
 
@@ -348,9 +355,21 @@ class Parts:
         fa.write_index(self.header, str(folder / HEADER))
         names, stems, bounds, known = [HEADER], [], {}, {}
         used = {s.path.stem for s in self.segments if s.path is not None}
-        fresh = (SEGMENT.format(i) for i in range(len(self.segments) + len(used) + 1))
+        fresh = (SEGMENT.format(i) for i in itertools.count())
+        removed = self.removed
         for seg in self.segments:
-            if seg.path is not None:  # immutable: keep its name (the .faiss file records it)
+            if seg.path is not None and seg.compact and len(removed):
+                # rewritten without its tombstoned tiles, into a segment of a new name
+                mine = seg.holds(removed)
+                stem = folder / next(n for n in fresh if n not in used)
+                b = _rewrite(seg, removed[mine], self.header, stem)
+                removed = removed[~mine]
+                if b is None:  # nothing live left
+                    for suffix in (".faiss", ".ivfdata"):
+                        stem.with_suffix(suffix).unlink()
+                    continue
+                bounds[stem.name] = list(b)
+            elif seg.path is not None:  # immutable: keep its name (the .faiss file records it)
                 stem = folder / seg.path.stem
                 for suffix in (".faiss", ".ivfdata"):
                     _link_or_copy(seg.path.with_suffix(suffix), stem.with_suffix(suffix))
@@ -365,14 +384,14 @@ class Parts:
                 del out
             names += [stem.with_suffix(".faiss").name, stem.with_suffix(".ivfdata").name]
             stems.append(stem.name)
-            if seg.bounds is not None or seg.path is None:  # in memory: cheap to read
-                b = seg.id_bounds()
+            if stem.name not in bounds and (seg.bounds is not None or seg.path is None):
+                b = seg.id_bounds()  # in memory: cheap to read
                 if b is not None:
                     bounds[stem.name] = [int(b[0]), int(b[1])]
-        if len(self.removed):
-            np.save(folder / TOMBSTONES, self.removed, allow_pickle=False)
+        if len(removed):
+            np.save(folder / TOMBSTONES, removed, allow_pickle=False)
             names.append(TOMBSTONES)
-        entries = {"segments": stems, "segment_bounds": bounds, "n_removed": len(self.removed)}
+        entries = {"segments": stems, "segment_bounds": bounds, "n_removed": len(removed)}
         return names, entries, known
 
     @classmethod
@@ -392,6 +411,61 @@ class Parts:
             }
         removed = read_tombstones(folder / TOMBSTONES, int(n_removed)) if n_removed else None
         return cls(header, segs, removed)
+
+
+def _rewrite(seg: Segment, dead: np.ndarray, header, stem: Path) -> tuple[int, int] | None:
+    """Write ``seg`` without the (sorted) ``dead`` ids as ``stem.faiss`` + ``stem.ivfdata``.
+
+    Streams the lists: live entries are copied list by list into an in-memory block of at most
+    about :data:`BLOCK_BYTES`, each block merged into a scratch ``OnDiskInvertedLists`` file,
+    and those merged into the segment's file; memory stays at one block whatever the
+    segment's size. Returns the new ``(lowest, highest)`` id, or
+    ``None`` when no tile is left.
+    """
+    fa = F.faiss()
+    src = fa.extract_index_ivf(seg.index).invlists
+    cs, nlist = src.code_size, src.nlist
+    lo, hi, scratch, lists = None, None, [], []
+
+    def flush(blk) -> None:
+        part = stem.with_name(f"{stem.name}.part{len(scratch)}.ivfdata")
+        scratch.append(merge_into(header, [blk], part))
+        lists.append(fa.extract_index_ivf(scratch[-1]).invlists)
+
+    try:
+        blk, held = fa.ArrayInvertedLists(nlist, cs), 0
+        for i in range(nlist):
+            n = int(src.list_size(i))
+            if not n:
+                continue
+            ids = fa.rev_swig_ptr(src.get_ids(i), n).astype(np.int64)
+            live = ~M.members(ids, dead)
+            if not live.any():
+                continue
+            codes = fa.rev_swig_ptr(src.get_codes(i), n * cs).reshape(n, cs)
+            keep_ids = np.ascontiguousarray(ids[live])
+            keep_codes = np.ascontiguousarray(codes[live])
+            blk.add_entries(i, len(keep_ids), fa.swig_ptr(keep_ids), fa.swig_ptr(keep_codes))
+            lo = int(keep_ids.min()) if lo is None else min(lo, int(keep_ids.min()))
+            hi = int(keep_ids.max()) if hi is None else max(hi, int(keep_ids.max()))
+            held += len(keep_ids) * (cs + 8)
+            if held >= BLOCK_BYTES:  # bound memory: this block goes to a scratch file
+                flush(blk)
+                blk, held = fa.ArrayInvertedLists(nlist, cs), 0
+        flush(blk)
+        del blk
+        out = merge_into(header, lists, stem.with_suffix(".ivfdata"))
+        fa.write_index(out, str(stem.with_suffix(".faiss")))
+        del out
+    finally:
+        lists.clear()  # the scratch lists are closed before their files go
+        scratch.clear()
+        for f in stem.parent.glob(f"{stem.name}.part*.ivfdata"):
+            f.unlink()
+    log.info(
+        "rewrote segment %s without %d removed tiles as %s", seg.path.stem, len(dead), stem.name
+    )
+    return None if lo is None else (lo, hi)
 
 
 def read_tombstones(path: Path, count: int) -> np.ndarray:

@@ -250,13 +250,22 @@ class TileIndex(TileQueries):
 
         return add(self, adata)
 
-    def remove(self, slides: str | Sequence[str]) -> int:
+    def remove(self, slides: str | Sequence[str], *, compact: bool = False) -> int:
         """Remove every tile of the given slides (ids of the other tiles are unchanged).
 
         An in-memory index drops their vectors. An on-disk index never rewrites its
         ``.ivfdata`` lists: the removed ids become tombstones that every search skips
         (results equal an index built without those slides); a segment left with no live
         tile is dropped whole. :meth:`save` writes the change atomically.
+
+        Parameters
+        ----------
+        slides
+            Slide ids (none, with ``compact=True``, to compact earlier removals only).
+        compact
+            On disk: at the next :meth:`save`, rewrite the segments holding removed tiles
+            without them (streamed, a bounded block at a time), so they stop costing scan
+            time; without it a removal writes only the tombstones.
 
         Returns
         -------
@@ -268,7 +277,7 @@ class TileIndex(TileQueries):
         """
         from mmpath.index._change import remove
 
-        return remove(self, slides)
+        return remove(self, slides, compact=compact)
 
     def _changed(self) -> None:
         self._id_map = None

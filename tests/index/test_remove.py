@@ -164,9 +164,46 @@ def test_cli_index_remove_on_disk(slides, tmp_path, capsys):
     assert main(["index", "remove", str(out), "S0_0", "S5_0"]) == 0
     text = capsys.readouterr().out
     assert f"removed {2 * PER} tiles of 2 slide(s); the index holds {4 * PER} tiles" in text
+    assert f"{2 * PER} removed tile(s) kept as tombstones (--compact rewrites them)" in text
     assert main(["-q", "index", "remove", str(out), "S0_0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not in the index" in err[0]
     assert main(["index", "info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_vectors"] == 4 * PER and info["n_removed"] == 2 * PER
+
+
+def test_compact_rewrites_segments_without_removed_tiles(slides, tmp_path, monkeypatch):
+    tables, paths = slides
+    out = tmp_path / "i"
+    _two_segments(paths, out)
+    mm.index.remove(out, ["S1_0"])  # a tombstone first, compacted later
+    monkeypatch.setattr(_ondisk, "BLOCK_BYTES", 20_000)  # several scratch blocks per segment
+    idx = mm.index.remove(out, ["S4_0"], compact=True)
+    m = mm.index.read_manifest(out)
+    assert m["n_removed"] == 0 and m["format_version"] == 2 and len(idx) == 4 * PER
+    assert len(m["segments"]) == 2 and not set(m["segments"]) & {"seg-00000", "seg-00001"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*m["files"], "manifest.json"]
+    )  # no scratch part left, no tombstone file
+    kept = [p for i, p in enumerate(paths) if i not in (1, 4)]
+    ref = mm.index.build(kept, use_rep=REP, factory=IVF, params=EXHAUSTIVE)
+    q = _q(tables)
+    back = mm.index.load(out)
+    assert back._parts.ntotal == 4 * PER  # the lists hold only live tiles now
+    _same_hits(back.search(q, 10), ref.search(q, 10))
+    # then removing more still works (tombstones over the rewritten, non-contiguous segment)
+    back = mm.index.remove(out, ["S0_0"])
+    assert mm.index.read_manifest(out)["n_removed"] == PER and len(back) == 3 * PER
+    ref = mm.index.build([paths[i] for i in (2, 3, 5)], use_rep=REP, factory=IVF,
+                         params=EXHAUSTIVE)  # fmt: skip
+    _same_hits(back.search(q, 10), ref.search(q, 10))
+    # --compact alone compacts the earlier removals; a second time there is nothing to do
+    before = mm.index.read_manifest(out)["segments"]
+    assert main(["index", "remove", str(out), "--compact"]) == 0
+    m = mm.index.read_manifest(out)
+    assert m["n_removed"] == 0 and m["segments"] != before
+    _same_hits(mm.index.load(out).search(q, 10), ref.search(q, 10))
+    assert main(["index", "remove", str(out), "--compact"]) == 0  # nothing to do: unchanged
+    assert mm.index.read_manifest(out)["segments"] == m["segments"]
+    assert main(["-q", "index", "remove", str(out)]) == 2  # neither slides nor --compact
