@@ -279,10 +279,6 @@ class Parts:
         """Vectors stored, tombstoned ones included."""
         return int(sum(s.index.ntotal for s in self.segments))
 
-    @property
-    def n_live(self) -> int:
-        return self.ntotal - len(self.removed)
-
     def dead_bitmap(self) -> np.ndarray:
         """The tombstones as a bitmap for search-time filtering (cached; 1 bit per id)."""
         if self._dead_bits is None:
@@ -351,6 +347,8 @@ class Parts:
         Returns the file names written, the manifest entries (``segments``,
         ``segment_bounds``, ``n_removed``) and the known checksum records of linked files.
         """
+        from mmpath.index._tombstones import rewrite
+
         fa = F.faiss()
         fa.write_index(self.header, str(folder / HEADER))
         names, stems, bounds, known = [HEADER], [], {}, {}
@@ -362,7 +360,7 @@ class Parts:
                 # rewritten without its tombstoned tiles, into a segment of a new name
                 mine = seg.holds(removed)
                 stem = folder / next(n for n in fresh if n not in used)
-                b = _rewrite(seg, removed[mine], self.header, stem)
+                b = rewrite(seg, removed[mine], self.header, stem)
                 removed = removed[~mine]
                 if b is None:  # nothing live left
                     for suffix in (".faiss", ".ivfdata"):
@@ -400,6 +398,8 @@ class Parts:
     ) -> Parts:
         """Read the header, the named segments (their lists stay on disk, memory-mapped) and
         the tombstones; ``files`` are the manifest's checksum records."""
+        from mmpath.index._tombstones import read_tombstones
+
         fa = F.faiss()
         header = fa.read_index(str(folder / HEADER))
         bounds = bounds if isinstance(bounds, dict) else {}
@@ -411,74 +411,6 @@ class Parts:
             }
         removed = read_tombstones(folder / TOMBSTONES, int(n_removed)) if n_removed else None
         return cls(header, segs, removed)
-
-
-def _rewrite(seg: Segment, dead: np.ndarray, header, stem: Path) -> tuple[int, int] | None:
-    """Write ``seg`` without the (sorted) ``dead`` ids as ``stem.faiss`` + ``stem.ivfdata``.
-
-    Streams the lists: live entries are copied list by list into an in-memory block of at most
-    about :data:`BLOCK_BYTES`, each block merged into a scratch ``OnDiskInvertedLists`` file,
-    and those merged into the segment's file; memory stays at one block whatever the
-    segment's size. Returns the new ``(lowest, highest)`` id, or
-    ``None`` when no tile is left.
-    """
-    fa = F.faiss()
-    src = fa.extract_index_ivf(seg.index).invlists
-    cs, nlist = src.code_size, src.nlist
-    lo, hi, scratch, lists = None, None, [], []
-
-    def flush(blk) -> None:
-        part = stem.with_name(f"{stem.name}.part{len(scratch)}.ivfdata")
-        scratch.append(merge_into(header, [blk], part))
-        lists.append(fa.extract_index_ivf(scratch[-1]).invlists)
-
-    try:
-        blk, held = fa.ArrayInvertedLists(nlist, cs), 0
-        for i in range(nlist):
-            n = int(src.list_size(i))
-            if not n:
-                continue
-            ids = fa.rev_swig_ptr(src.get_ids(i), n).astype(np.int64)
-            live = ~M.members(ids, dead)
-            if not live.any():
-                continue
-            codes = fa.rev_swig_ptr(src.get_codes(i), n * cs).reshape(n, cs)
-            keep_ids = np.ascontiguousarray(ids[live])
-            keep_codes = np.ascontiguousarray(codes[live])
-            blk.add_entries(i, len(keep_ids), fa.swig_ptr(keep_ids), fa.swig_ptr(keep_codes))
-            lo = int(keep_ids.min()) if lo is None else min(lo, int(keep_ids.min()))
-            hi = int(keep_ids.max()) if hi is None else max(hi, int(keep_ids.max()))
-            held += len(keep_ids) * (cs + 8)
-            if held >= BLOCK_BYTES:  # bound memory: this block goes to a scratch file
-                flush(blk)
-                blk, held = fa.ArrayInvertedLists(nlist, cs), 0
-        flush(blk)
-        del blk
-        out = merge_into(header, lists, stem.with_suffix(".ivfdata"))
-        fa.write_index(out, str(stem.with_suffix(".faiss")))
-        del out
-    finally:
-        lists.clear()  # the scratch lists are closed before their files go
-        scratch.clear()
-        for f in stem.parent.glob(f"{stem.name}.part*.ivfdata"):
-            f.unlink()
-    log.info(
-        "rewrote segment %s without %d removed tiles as %s", seg.path.stem, len(dead), stem.name
-    )
-    return None if lo is None else (lo, hi)
-
-
-def read_tombstones(path: Path, count: int) -> np.ndarray:
-    """The sorted int64 ids in ``removed.npy``, checked against the manifest's count."""
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise IndexError_(f"cannot read {path} ({err}); rebuild the index") from None
-    if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != count:
-        raise IndexError_(f"{path} does not hold {count} tile ids; rebuild the index")
-    if len(ids) > 1 and not (np.diff(ids) > 0).all():
-        raise IndexError_(f"{path} is not sorted; rebuild the index")
-    return ids
 
 
 @contextlib.contextmanager
