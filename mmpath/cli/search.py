@@ -282,6 +282,8 @@ def cmd_info(args) -> int:
         "faiss_version",
     ):
         print(f"{key:15s} {m.get(key)}")
+    if m.get("n_removed"):  # tombstones of an on-disk index
+        print(f"{'n_removed':15s} {m['n_removed']} (skipped by searches; --compact drops them)")
     return 0
 
 

@@ -168,6 +168,8 @@ def test_cli_index_remove_on_disk(slides, tmp_path, capsys):
     assert main(["-q", "index", "remove", str(out), "S0_0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not in the index" in err[0]
+    assert main(["index", "info", str(out)]) == 0
+    assert f"n_removed       {2 * PER} (skipped by searches" in capsys.readouterr().out
     assert main(["index", "info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_vectors"] == 4 * PER and info["n_removed"] == 2 * PER
