@@ -157,6 +157,7 @@ def build_blocks(
     for r in results:
         slides.update(r["slides"])
     seg = Segment.merged(index, [Path(t["block"]) for t in tasks], workdir / SEGMENT.format(0))
+    seg.bounds = (int(sc.starts[0]), int(sc.starts[0]) + sc.n - 1)  # ids handed out in a row
     for t in tasks:
         Path(t["block"]).unlink()
     trained.unlink()

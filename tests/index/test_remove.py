@@ -209,3 +209,21 @@ def test_compact_rewrites_segments_without_removed_tiles(slides, tmp_path, monke
     assert main(["index", "remove", str(out), "--compact"]) == 0  # nothing to do: unchanged
     assert mm.index.read_manifest(out)["segments"] == m["segments"]
     assert main(["-q", "index", "remove", str(out)]) == 2  # neither slides nor --compact
+
+
+def test_segment_bounds_are_recorded_so_a_removal_reads_no_list(slides, tmp_path, monkeypatch):
+    _, paths = slides
+    out = tmp_path / "i"
+    _two_segments(paths, out)
+    m = mm.index.read_manifest(out)
+    assert m["segment_bounds"] == {
+        "seg-00000": [0, 4 * PER - 1],
+        "seg-00001": [4 * PER, 6 * PER - 1],
+    }
+
+    def no_scan(self):
+        raise AssertionError("a segment's ids were read from its lists")
+
+    monkeypatch.setattr(_ondisk.Segment, "ids", no_scan)
+    idx = mm.index.remove(out, ["S0_0", "S5_0"])  # contiguous segments: bounds suffice
+    assert len(idx) == 4 * PER
