@@ -250,15 +250,15 @@ def cmd_remove(args) -> int:
 
     if not args.slides and not args.compact:
         raise IndexError_("name the slide ids to remove (or pass --compact alone to compact)")
-    before = index.read_manifest(args.index)["n_vectors"]
+    m = index.read_manifest(args.index)
     idx = index.remove(args.index, args.slides, compact=args.compact)
-    n = before - len(idx)
+    n = m["n_vectors"] - len(idx)
     left = index.read_manifest(args.index).get("n_removed", 0)
     kept = f"; {left} removed tile(s) kept as tombstones (--compact rewrites them)" if left else ""
-    summary(
-        args,
-        f"removed {n} tiles of {len(args.slides)} slide(s); the index holds {len(idx)} tiles{kept}",
-    )
+    done = f"removed {n} tiles of {len(args.slides)} slide(s)"
+    if not args.slides:
+        done = f"compacted {m.get('n_removed', 0) - left} removed tile(s) out of the lists"
+    summary(args, f"{done}; the index holds {len(idx)} tiles{kept}")
     return 0
 
 

@@ -175,7 +175,7 @@ def test_cli_index_remove_on_disk(slides, tmp_path, capsys):
     assert info["n_vectors"] == 4 * PER and info["n_removed"] == 2 * PER
 
 
-def test_compact_rewrites_segments_without_removed_tiles(slides, tmp_path, monkeypatch):
+def test_compact_rewrites_segments_without_removed_tiles(slides, tmp_path, monkeypatch, capsys):
     tables, paths = slides
     out = tmp_path / "i"
     _two_segments(paths, out)
@@ -203,6 +203,9 @@ def test_compact_rewrites_segments_without_removed_tiles(slides, tmp_path, monke
     # --compact alone compacts the earlier removals; a second time there is nothing to do
     before = mm.index.read_manifest(out)["segments"]
     assert main(["index", "remove", str(out), "--compact"]) == 0
+    assert f"compacted {PER} removed tile(s) out of the lists; the index holds {3 * PER} tiles" in (
+        capsys.readouterr().out
+    )
     m = mm.index.read_manifest(out)
     assert m["n_removed"] == 0 and m["segments"] != before
     _same_hits(mm.index.load(out).search(q, 10), ref.search(q, 10))
