@@ -61,7 +61,13 @@ def register(sub) -> None:
 
     r = isub.add_parser("remove", help="remove slides from an index")
     r.add_argument("index", help="index directory")
-    r.add_argument("slides", nargs="+", help="slide ids")
+    r.add_argument("slides", nargs="*", help="slide ids")
+    r.add_argument(
+        "--compact",
+        action="store_true",
+        help="rewrite on-disk segments without removed tiles (else they are skipped as "
+        "tombstones); alone, compacts earlier removals",
+    )
     r.set_defaults(func=cmd_remove)
 
     i = isub.add_parser("info", help="print an index's manifest")
@@ -197,10 +203,6 @@ def cmd_build(args) -> int:
 
     recover(out)  # leftovers of a crashed earlier build (index folders can be large)
     source = _table_paths(args.tables, args)
-    if args.center or args.whiten:  # centring statistics are learnt from tables in memory
-        from mmpath import io
-
-        source = [io.read_h5ad(p) for p in source]
     idx = index.build(
         source,
         use_rep=args.use_rep,
@@ -212,7 +214,16 @@ def cmd_build(args) -> int:
         whiten=args.whiten,
     )
     caveat((idx.manifest.get("embedding") or {}).get("caveat"))
-    where = f" (on disk, {args.workers} worker(s))" if idx.on_disk else " (in memory)"
+    ran = idx.manifest.get("build") or {}
+    procs = int(ran.get("processes", 1))
+    if idx.on_disk:
+        where = f"on disk, {ran.get('blocks', 1)} block(s) added by {procs} process(es)"
+    else:
+        where = "in memory, one process"
+    if args.workers > procs:
+        why = "a single block" if idx.on_disk else f"{idx.factory!r} is built in memory"
+        where += f"; {procs} of --workers {args.workers} used: {why}"
+    where = f" ({where})"
     summary(
         args,
         f"indexed {len(idx)} tiles of {len(idx.slide_ids)} slide(s) with {idx.factory!r}"
@@ -237,12 +248,17 @@ def cmd_add(args) -> int:
 def cmd_remove(args) -> int:
     from mmpath import index
 
-    idx = index.load(args.index)
-    n = idx.remove(args.slides)
-    idx.save(args.index)
-    summary(
-        args, f"removed {n} tiles of {len(args.slides)} slide(s); the index holds {len(idx)} tiles"
-    )
+    if not args.slides and not args.compact:
+        raise IndexError_("name the slide ids to remove (or pass --compact alone to compact)")
+    m = index.read_manifest(args.index)
+    idx = index.remove(args.index, args.slides, compact=args.compact)
+    n = m["n_vectors"] - len(idx)
+    left = index.read_manifest(args.index).get("n_removed", 0)
+    kept = f"; {left} removed tile(s) kept as tombstones (--compact rewrites them)" if left else ""
+    done = f"removed {n} tiles of {len(args.slides)} slide(s)"
+    if not args.slides:
+        done = f"compacted {m.get('n_removed', 0) - left} removed tile(s) out of the lists"
+    summary(args, f"{done}; the index holds {len(idx)} tiles{kept}")
     return 0
 
 
@@ -266,6 +282,8 @@ def cmd_info(args) -> int:
         "faiss_version",
     ):
         print(f"{key:15s} {m.get(key)}")
+    if m.get("n_removed"):  # tombstones of an on-disk index
+        print(f"{'n_removed':15s} {m['n_removed']} (skipped by searches; --compact drops them)")
     return 0
 
 

@@ -12,7 +12,7 @@ Example
 
 from __future__ import annotations
 
-from mmpath.index._build import add, build
+from mmpath.index._build import add, build, remove
 from mmpath.index._filter import FILTER_HELP, check_filter, filter_mask
 from mmpath.index._store import load, read_manifest
 from mmpath.index.evaluate import (
@@ -42,6 +42,7 @@ __all__ = [
     "TileIndex",
     "build",
     "add",
+    "remove",
     "load",
     "read_manifest",
     "filter_mask",

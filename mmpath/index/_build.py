@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,13 @@ from mmpath.index import _ondisk as OD
 from mmpath.index import _source as S
 from mmpath.index import _tables as T
 from mmpath.index._meta import MetaStore
-from mmpath.index._store import MANIFEST_FILE, load
+from mmpath.index._store import MANIFEST_FILE, load, load_to_change
 from mmpath.index.tileindex import TileIndex
 from mmpath.io._atomic import pid_alive
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build", "add"]
+__all__ = ["build", "add", "remove"]
 
 NORMALISATION = "l2"  # stored and query vectors are unit length: inner product = cosine
 
@@ -82,7 +82,8 @@ def build(
         cosine search; the statistics are learnt here, stored in the manifest and applied to
         every later :meth:`~TileIndex.add` and every query (:mod:`mmpath.index._center`).
         Off by default: it did not improve mMV@5 on the data measured in the README, and it
-        changes what "similar" means for text queries in a joint space. Tables in memory only.
+        changes what "similar" means for text queries in a joint space. From files, the
+        statistics are learnt exactly in one extra streamed pass, a table at a time.
 
     Returns
     -------
@@ -102,13 +103,9 @@ def build(
     if whiten and not center:
         raise IndexError_("whiten=True needs center=True (whitening is of centred vectors)")
     paths = S.as_paths(adata)
-    if paths is not None and center:
-        raise IndexError_(
-            "center=True is learnt from tables in memory; build from files without it, or "
-            "pass the tables as AnnData"
-        )
     if paths is not None:
-        return _build_files(paths, use_rep, factory, params, gpu, seed, int(workers), out)
+        centring = (center, whiten)
+        return _build_files(paths, use_rep, factory, params, gpu, seed, int(workers), out, centring)
     tables = T.as_tables(adata)
     if workers > 1:
         log.info("tables in memory are indexed in one process; workers apply to table files")
@@ -159,31 +156,35 @@ def _check_out(out: Path) -> None:
         raise IndexError_(f"{str(out)!r} exists and is not an mmpath index; pick a new directory")
 
 
-def _build_files(paths, use_rep, factory, params, gpu, seed, workers, out) -> TileIndex:
+def _build_files(paths, use_rep, factory, params, gpu, seed, workers, out, centring) -> TileIndex:
     """Build from table files, one table at a time; IVF lists merged on disk."""
     sc = S.scan(paths, use_rep)
     if sc.n == 0:
         raise IndexError_(
             "no tiles to index (the tables are empty or every tile is marked damaged)"
         )
+    spec = _fit_centring(sc, use_rep, whiten=centring[1]) if centring[0] else None
     plan = OD.plan(sc.n, sc.dim, factory)
     index = F.create(plan.factory, sc.dim)
     if not index.is_trained:
         rows = F.train_rows(index, sc.n, seed=seed)
         rows = np.arange(sc.n) if rows is None else rows
         sample = T.prepare(S.read_rows(sc, rows, use_rep), what=f"rows of obsm[{use_rep!r}]")
-        F.fit(index, sample, seed=seed, n_total=sc.n)
+        F.fit(index, _center.apply(sample, spec), seed=seed, n_total=sc.n)
         del sample
     if not OD.can_go_on_disk(index):
         if workers > 1:
             log.info(
                 "%s is built in memory, in one process (workers=%d unused)", plan.factory, workers
             )
-        return _build_in_memory(sc, index, use_rep, plan, params, gpu, out)
+        return _build_in_memory(sc, index, use_rep, plan, params, gpu, out, spec)
     work = _workdir(out)
     try:
-        res = OD.build_blocks(sc, index, use_rep, work, workers=workers)
+        res = OD.build_blocks(sc, index, use_rep, work, workers=workers, center=spec)
         manifest = _manifest(sc.embedding, use_rep, sc.dim, plan, params, sc.n, res["slides"])
+        manifest["build"] = res["build"]  # what ran: the CLI says so
+        if spec is not None:
+            manifest["center"] = spec
         meta = MetaStore.from_parquet(res["meta"])
         idx = TileIndex(res["parts"].view, meta, manifest, gpu=False, parts=res["parts"])
         log.info(
@@ -199,18 +200,30 @@ def _build_files(paths, use_rep, factory, params, gpu, seed, workers, out) -> Ti
     return load(out, gpu=gpu)
 
 
-def _build_in_memory(sc, index, use_rep, plan, params, gpu, out) -> TileIndex:
+def _fit_centring(sc, use_rep: str, *, whiten: bool) -> dict[str, Any]:
+    """Centring statistics of every usable vector, one table at a time (exact, streamed)."""
+    moments = _center.Moments(scatter=whiten)
+    for p, start in zip(sc.paths, sc.starts, strict=True):
+        moments.update(T.collect([S.read_table(p, use_rep)], use_rep, int(start)).vectors)
+    return moments.spec(whiten=whiten)
+
+
+def _build_in_memory(sc, index, use_rep, plan, params, gpu, out, spec=None) -> TileIndex:
     """Add the tables one by one to an index held in memory (Flat, HNSW, refine factories)."""
     frames, slides = [], {}
     for p, start, count in zip(sc.paths, sc.starts, sc.counts, strict=True):
         got = T.collect([S.read_table(p, use_rep)], use_rep, int(start))
         slides.update(got.slides)
         if count:
-            index.add_with_ids(got.vectors, got.meta.index.to_numpy(np.int64))
+            vectors = _center.apply(got.vectors, spec)
+            index.add_with_ids(vectors, got.meta.index.to_numpy(np.int64))
             frames.append(got.meta)
     # one concatenation (appending table by table copied the growing frame each time)
     meta = frames[0] if len(frames) == 1 else T.append(frames[0], pd.concat(frames[1:]))
     manifest = _manifest(sc.embedding, use_rep, sc.dim, plan, params, sc.n, slides)
+    manifest["build"] = {"blocks": 1, "processes": 1}
+    if spec is not None:
+        manifest["center"] = spec
     idx = TileIndex(index, meta, manifest, gpu=gpu)
     if out is None:
         return idx
@@ -259,7 +272,45 @@ def add(index, adata, *, gpu: bool | None = None) -> TileIndex:
         index.add(adata)
         return index
     path = Path(index)
-    idx = load(path, gpu=gpu)
+    idx = load_to_change(path, gpu=gpu)
     idx.add(adata)
+    idx.save(path)
+    return idx
+
+
+def remove(
+    index, slides: str | Sequence[str], *, compact: bool = False, gpu: bool | None = None
+) -> TileIndex:
+    """Remove slides' tiles from an index; a saved index is updated on disk.
+
+    Parameters
+    ----------
+    index
+        A :class:`TileIndex`, or the directory of a saved one (loaded, changed and saved
+        back atomically: a failure leaves it as it was).
+    slides
+        Slide ids; one not in the index is refused before anything changes.
+    compact
+        Also rewrite the on-disk segments holding removed tiles without them (see
+        :meth:`TileIndex.remove`); ``slides=[]`` compacts earlier removals only.
+    gpu
+        As in :func:`build` (for a directory).
+
+    Returns
+    -------
+    The changed :class:`TileIndex`. An on-disk index keeps its ``.ivfdata`` lists and
+    records the removed tile ids as tombstones that searches skip (see
+    :meth:`TileIndex.remove`).
+
+    Example
+    -------
+    >>> idx = mm.index.remove("archive.idx", ["S7", "S9"])
+    """
+    if isinstance(index, TileIndex):
+        index.remove(slides, compact=compact)
+        return index
+    path = Path(index)
+    idx = load_to_change(path, gpu=gpu)
+    idx.remove(slides, compact=compact)
     idx.save(path)
     return idx

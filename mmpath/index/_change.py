@@ -33,10 +33,18 @@ def add(idx, adata) -> int:
     if sc.n == 0:
         return 0
     _check_new(idx, sc.dim, sc.embedding.get("encoder"), sc.slides)
-    for p, begin, count in zip(sc.paths, sc.starts, sc.counts, strict=True):
-        if count:
-            got = T.collect([S.read_table(p, idx.embedding_key)], idx.embedding_key, begin)
-            _add_collected(idx, got)
+    # vectors table by table; the metadata of the whole batch joins the store once (appending
+    # per table re-coded every tile already indexed each time: O(tables x N))
+    done: list[T.Collected] = []
+    try:
+        for p, begin, count in zip(sc.paths, sc.starts, sc.counts, strict=True):
+            if count:
+                got = T.collect([S.read_table(p, idx.embedding_key)], idx.embedding_key, begin)
+                _add_vectors(idx, got)
+                done.append(got)
+    finally:  # what faiss holds, the metadata holds (even when a table fails to read)
+        if done:
+            _add_meta(idx, done)
     return sc.n
 
 
@@ -57,6 +65,11 @@ def _check_new(idx, dim: int, encoder: str | None, slides) -> None:
 
 
 def _add_collected(idx, got) -> None:
+    _add_vectors(idx, got)
+    _add_meta(idx, [got])
+
+
+def _add_vectors(idx, got) -> None:
     ids = got.meta.index.to_numpy(np.int64)
     vectors = _center.apply(got.vectors, idx.manifest.get("center"))
     if idx._parts is not None:
@@ -65,28 +78,36 @@ def _add_collected(idx, got) -> None:
         F.apply_params(idx.index, idx.params)
     else:
         idx.index.add_with_ids(vectors, ids)
-    idx._meta.append(got.meta)
-    idx.manifest["next_id"] = int(ids.max()) + 1
-    idx.manifest.setdefault("slides", {}).update(got.slides)
-    if not idx.encoder and got.embedding.get("encoder"):
-        idx.manifest["encoder"] = got.embedding["encoder"]
+
+
+def _add_meta(idx, batch: list) -> None:
+    """Metadata, provenance and the next id of collected tables whose vectors were added."""
+    meta = batch[0].meta if len(batch) == 1 else pd.concat([g.meta for g in batch])
+    idx._meta.append(meta)
+    idx.manifest["next_id"] = int(meta.index.max()) + 1
+    for got in batch:
+        idx.manifest.setdefault("slides", {}).update(got.slides)
+        if not idx.encoder and got.embedding.get("encoder"):
+            idx.manifest["encoder"] = got.embedding["encoder"]
     idx._changed()
-    log.info("added %d tiles of %d slide(s)", len(ids), got.meta[K.SLIDE_ID].nunique())
+    log.info("added %d tiles of %d slide(s)", len(meta), meta[K.SLIDE_ID].nunique())
 
 
-def remove(idx, slides: str | Sequence[str]) -> int:
+def remove(idx, slides: str | Sequence[str], *, compact: bool = False) -> int:
     """See :meth:`mmpath.index.TileIndex.remove`."""
     slides = [slides] if isinstance(slides, str) else [str(s) for s in slides]
     unknown = sorted(set(slides) - set(idx.slide_ids))
     if unknown:
         raise IndexError_(f"slide(s) {unknown[:5]} are not in the index")
-    if idx._parts is not None:
-        raise IndexError_(
-            "slides cannot be removed from an on-disk index (its .ivfdata lists are "
-            "read-only); rebuild it without them with mmpath index build"
-        )
     ids = idx._meta.ids[np.isin(idx._meta.slides_of(idx._meta.ids), slides)]
-    removed = F.remove(idx.index, ids)
+    if idx._parts is not None:  # read-only lists: tombstones (see mmpath.index._ondisk)
+        before = len(idx)
+        idx._parts.remove(ids, compact=compact)
+        idx.index = idx._parts.view
+        F.apply_params(idx.index, idx.params)
+        removed = before - len(idx)
+    else:
+        removed = F.remove(idx.index, ids)
     if removed != len(ids):
         raise IndexError_(f"faiss removed {removed} of {len(ids)} tiles; rebuild the index")
     idx._meta.drop(ids)

@@ -254,14 +254,24 @@ def apply_params(index, params: dict[str, Any]) -> None:
 class Selector:
     """An id filter for faiss searches; keeps the SWIG objects alive while in use."""
 
-    def __init__(self, allowed: np.ndarray) -> None:
-        self.allowed = np.ascontiguousarray(allowed, np.int64)
+    def __init__(self, allowed: np.ndarray | None, *, excluded: np.ndarray | None = None) -> None:
+        """``allowed``: the ids to accept; or ``None`` and ``excluded``, a bitmap (uint8, bit
+        ``i & 7`` of byte ``i >> 3`` set for a rejected id ``i``, :func:`bitmap`)."""
+        self.allowed = None if allowed is None else np.ascontiguousarray(allowed, np.int64)
+        self.excluded = None if excluded is None else np.ascontiguousarray(excluded, np.uint8)
         self._keep: list[Any] = []
         self.fa = faiss()
 
-    def build(self, ids: np.ndarray, universe: np.ndarray | None = None):
-        """A selector accepting ``ids`` (internal or external, as given)."""
+    def build(self, ids: np.ndarray | None, universe: np.ndarray | None = None):
+        """A selector accepting ``ids`` (internal or external, as given), or every id but
+        ``excluded`` when the selector was made with ``allowed=None``."""
         fa = self.fa
+        if ids is None:  # tombstones: every id but the excluded ones (a bit test per id
+            # scanned: cheaper than IDSelectorBatch's hash, 4% vs 13% on a 200k IVF search)
+            base = fa.IDSelectorBitmap(len(self.excluded), fa.swig_ptr(self.excluded))
+            sel = fa.IDSelectorNot(base)
+            self._keep += [self.excluded, base, sel]
+            return sel
         if universe is not None and len(ids) > len(universe) // 2:
             # a wide filter is cheaper as "not the few excluded"
             excluded = np.setdiff1d(universe, ids, assume_unique=True)
@@ -273,6 +283,14 @@ class Selector:
         sel = fa.IDSelectorBatch(ids)
         self._keep += [ids, sel]
         return sel
+
+
+def bitmap(ids: np.ndarray) -> np.ndarray:
+    """The ``IDSelectorBitmap`` layout of non-negative ``ids``: bit ``i & 7`` of byte ``i >> 3``."""
+    ids = np.asarray(ids, np.int64)
+    out = np.zeros(int(ids.max()) // 8 + 1 if len(ids) else 0, np.uint8)
+    np.bitwise_or.at(out, ids >> 3, np.left_shift(1, ids & 7).astype(np.uint8))
+    return out
 
 
 def search_params(index, params: dict[str, Any], selector: Selector | None, id_map=None):

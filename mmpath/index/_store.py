@@ -12,6 +12,8 @@
 An on-disk index (built from an archive, format version 2) has instead of one faiss file a
 header ``index.faiss`` (the trained, empty IVF) and immutable segments ``seg-NNNNN.faiss`` +
 ``seg-NNNNN.ivfdata`` (inverted lists, memory-mapped at load), listed under ``segments``.
+Slides removed from it leave their tile ids in ``removed.npy`` (tombstones that searches skip,
+format version 3, so an older mmpath refuses the index instead of returning removed tiles).
 
 Loading checks the manifest against the files (format, checksums, counts, dim), so a damaged
 or mismatched index is refused with a clear error instead of answering wrongly.
@@ -25,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mmpath import _keys as K
 from mmpath._version import __version__
 from mmpath.errors import IndexError_
@@ -36,7 +40,7 @@ from mmpath.io._digest import sha256_file
 log = logging.getLogger(__name__)
 
 FORMAT = "mmpath-tile-index"
-FORMAT_VERSION = 2  # 2: on-disk segments; indexes without them are still written as 1
+FORMAT_VERSION = 3  # 2: on-disk segments, 3: with tombstones; others are still written as 1
 INDEX_FILE = "index.faiss"
 META_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -64,23 +68,28 @@ def save(idx, path: str | os.PathLike[str]) -> Path:
         tmp.mkdir(parents=True)
         names = [INDEX_FILE, META_FILE]
         manifest = dict(idx.manifest)
+        for key in ("segments", "segment_bounds", "n_removed"):
+            manifest.pop(key, None)
+        version, known = 1, {}
         if idx._parts is not None:
-            names = [*idx._parts.save(tmp), META_FILE]
-            manifest["segments"] = [n[: -len(".faiss")] for n in names[1:-1:2]]
+            names, entries, known = idx._parts.save(tmp)
+            names.append(META_FILE)
+            manifest.update(entries)
+            version = 3 if entries["n_removed"] else 2
         else:
             write_index(idx.index, tmp / INDEX_FILE)
-            manifest.pop("segments", None)
         idx._meta.write(tmp / META_FILE)
         manifest.update(
             {
                 "format": FORMAT,
-                "format_version": 2 if idx._parts is not None else 1,
-                "n_vectors": int(idx.index.ntotal),
+                "format_version": version,
+                "n_vectors": len(idx),
                 "n_slides": len(idx.slide_ids),
                 "mmpath_version": __version__,
                 "faiss_version": F.faiss().__version__,
                 "files": {
-                    name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                    name: known.get(name)
+                    or {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                     for name in names
                 },
             }
@@ -88,7 +97,7 @@ def save(idx, path: str | os.PathLike[str]) -> Path:
         (tmp / MANIFEST_FILE).write_text(
             json.dumps(manifest, indent=2, default=str), encoding="utf-8"
         )
-    log.info("saved index (%d tiles) to %s", idx.index.ntotal, path)
+    log.info("saved index (%d tiles) to %s", len(idx), path)
     return path
 
 
@@ -148,8 +157,10 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
         isinstance(n, str) and n.startswith("seg-") and "/" not in n for n in segments
     ):
         raise IndexError_(f"{where} has malformed segments; rebuild the index")
-    needed = [INDEX_FILE, META_FILE] + [f"{n}{x}" for n in segments for x in (".faiss", ".ivfdata")]
-    for name in needed:
+    n_removed = manifest.get("n_removed", 0)
+    if isinstance(n_removed, bool) or not isinstance(n_removed, int) or n_removed < 0:
+        raise IndexError_(f"{where} has a malformed n_removed {n_removed!r}; rebuild the index")
+    for name in _needed(manifest):
         rec = files.get(name) if isinstance(files, dict) else None
         ok = (
             isinstance(rec, dict)
@@ -163,6 +174,15 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
                 f"{where} has no valid checksum for {name} (sha256 and bytes are required); "
                 "rebuild the index"
             )
+
+
+def _needed(manifest: dict[str, Any]) -> list[str]:
+    """The files a manifest's index is made of."""
+    from mmpath.index._ondisk import TOMBSTONES
+
+    segments = manifest.get("segments", [])
+    needed = [INDEX_FILE, META_FILE] + [f"{n}{x}" for n in segments for x in (".faiss", ".ivfdata")]
+    return needed + ([TOMBSTONES] if manifest.get("n_removed", 0) else [])
 
 
 def load(
@@ -199,6 +219,22 @@ def load(
     -------
     >>> idx = mm.index.load("archive.idx", encoder="conch")
     """
+    return _load(path, encoder, embedding_key, dim, mmap, verify, gpu)
+
+
+def load_to_change(path: str | os.PathLike[str], *, gpu: bool | None = None):
+    """Load a saved index that will be changed and saved back (add, remove).
+
+    Files the save rewrites (header, metadata, tombstones, an in-memory index) are verified
+    first, so damage is never laundered into fresh checksums. The immutable segment lists are
+    only size-checked: their recorded checksums are carried into the new manifest (a later
+    :func:`load` still verifies them), so changing an archive index does not rehash its
+    multi-GB lists (that made every add O(N)).
+    """
+    return _load(path, None, None, None, False, True, gpu, hash_segments=False)
+
+
+def _load(path, encoder, embedding_key, dim, mmap, verify, gpu, *, hash_segments=True):
     from mmpath.index.tileindex import TileIndex
 
     path = Path(path)
@@ -215,13 +251,13 @@ def load(
                 f"{have!r} or build an index for {want!r}"
             )
     segments = manifest.get("segments", [])
-    needed = [INDEX_FILE, META_FILE] + [f"{n}{x}" for n in segments for x in (".faiss", ".ivfdata")]
-    for name in needed:
+    for name in _needed(manifest):
         rec = manifest["files"][name]
         f = path / name
         if not f.is_file():
             raise IndexError_(f"the index at {str(path)!r} is missing {name}; restore or rebuild")
-        if f.stat().st_size != int(rec["bytes"]) or (verify and sha256(f) != rec["sha256"]):
+        check = verify and (hash_segments or not name.startswith("seg-"))
+        if f.stat().st_size != int(rec["bytes"]) or (check and sha256(f) != rec["sha256"]):
             raise IndexError_(
                 f"{name} in {str(path)!r} does not match its manifest checksum (damaged or "
                 "edited); restore it or rebuild the index"
@@ -237,7 +273,10 @@ def load(
                 "pass gpu=False"
             )
         gpu = False
-        parts = Parts.load(path, segments)
+        n_removed = int(manifest.get("n_removed", 0))
+        parts = Parts.load(
+            path, segments, manifest.get("segment_bounds"), n_removed, manifest["files"]
+        )
         index = parts.view
     else:
         flags = fa.IO_FLAG_MMAP | fa.IO_FLAG_READ_ONLY if mmap else 0
@@ -254,12 +293,25 @@ def load(
     if len(meta) <= MEMORY_MAX:  # small: hold every column, as an in-memory build does
         meta = MetaStore.from_frame(meta.frame())
     n = int(manifest.get("n_vectors", -1))
-    if index.ntotal != n or len(meta) != n or index.d != int(manifest["dim"]):
+    live = index.ntotal - (len(parts.removed) if parts is not None else 0)
+    if live != n or len(meta) != n or index.d != int(manifest["dim"]):
         raise IndexError_(
-            f"the index at {str(path)!r} is inconsistent (faiss {index.ntotal} vectors of dim "
+            f"the index at {str(path)!r} is inconsistent (faiss {live} live vectors of dim "
             f"{index.d}, metadata {len(meta)} rows, manifest {n} of dim {manifest['dim']}); "
             "rebuild it"
         )
-    for key in ("format", "format_version", "files", "n_vectors", "n_slides", "faiss_version"):
+    if parts is not None and len(parts.removed) and np.isin(parts.removed, meta.ids).any():
+        raise IndexError_(f"the index at {str(path)!r} lists live tiles as removed; rebuild it")
+    for key in (
+        "format",
+        "format_version",
+        "files",
+        "n_vectors",
+        "n_slides",
+        "faiss_version",
+        "segments",
+        "segment_bounds",
+        "n_removed",
+    ):
         manifest.pop(key, None)
     return TileIndex(index, meta, manifest, gpu=gpu, parts=parts)

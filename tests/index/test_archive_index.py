@@ -332,7 +332,8 @@ def test_cli_build_add_search_over_an_archive_folder(archive, tmp_path, capsys):
     args = ["index", "build", str(folder), "--use-rep", REP, "-o", str(out)]
     assert main([*args, "--workers", "2", "--factory", "IVF16,Flat", "--param", "nprobe=4"]) == 0
     text = capsys.readouterr().out
-    assert f"indexed {4 * PER} tiles of 4 slide(s)" in text and "on disk, 2 worker(s)" in text
+    assert f"indexed {4 * PER} tiles of 4 slide(s)" in text
+    assert "(on disk, 2 block(s) added by 2 process(es))" in text
     new = tmp_path / "new"
     new.mkdir()
     for p in paths[4:]:
@@ -350,6 +351,17 @@ def test_cli_build_add_search_over_an_archive_folder(archive, tmp_path, capsys):
     hits = pd.DataFrame(json.loads(capsys.readouterr().out))
     assert len(hits) == 12 and (hits.groupby("query")["score"].max() > 0.999).all()
     assert set(hits.loc[hits["rank"] == 1, K.SLIDE_ID]) == {"S5_0"}
+
+
+def test_cli_build_says_how_many_processes_ran(archive, tmp_path, capsys):
+    _, _, paths = archive
+    args = ["index", "build", "--use-rep", REP, "--workers", "2"]
+    assert main([*args, str(paths[0]), str(paths[1]), "-o", str(tmp_path / "f")]) == 0
+    text = capsys.readouterr().out  # Flat: one process, whatever --workers says
+    assert "(in memory, one process; 1 of --workers 2 used: 'Flat' is built in memory)" in text
+    assert main([*args, str(paths[0]), "--factory", "IVF8,Flat", "-o", str(tmp_path / "i")]) == 0
+    text = capsys.readouterr().out  # one table: one block, one process
+    assert "(on disk, 1 block(s) added by 1 process(es); 1 of --workers 2 used: a single" in text
 
 
 def test_damaged_tiles_are_left_out_of_a_file_build(tmp_path):

@@ -14,8 +14,12 @@ wall time), peak private memory (``RssAnon`` of the process plus its workers, sa
 50 ms: what the build really needs) and peak RSS (``getrusage``; it also counts pages of the
 memory-mapped lists and, for forked workers, the parent's pages they share), index size on
 disk, and 10-recall@10 of both against exact ground truth on a query sample (computed table
-by table), at the default nprobe and at nprobe 2 (where recall is below 1). Prints one JSON
-object; ``--quick`` shrinks the data.
+by table), at the default nprobe and at nprobe 2 (where recall is below 1). The on-disk
+index is then changed as a user would: one more slide added (``mm.index.add``, timed against
+the build), ~10% of the slides and the added one removed (``mm.index.remove``: tombstones; the
+added slide's segment is dropped whole), and searched again:
+time against the search without tombstones, recall against exact search over the remaining
+slides. Prints one JSON object; ``--quick`` shrinks the data.
 
     nice .venv/bin/python tools/bench/bench_index_archive.py             # 10^6 x 384
     .venv/bin/python tools/bench/bench_index_archive.py --quick          # 2 x 10^5 x 384
@@ -91,10 +95,31 @@ me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAG
 self_kb, kids_kb = me.ru_maxrss, kids.ru_maxrss
 cpu_s = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 size = sum(p.stat().st_size for p in Path(cfg["out"]).iterdir())
-print(json.dumps({"build_s": build_s, "cpu_s": cpu_s, "search_s": search_s,
-                  "peak_private_mb_total": PEAK["anon"], "peak_rss_mb": self_kb / 1024,
-                  "peak_rss_workers_mb": kids_kb / 1024, "index_mb": size / 2**20,
-                  "on_disk": idx.on_disk, "n": len(idx), "nprobe": idx.params.get("nprobe")}))
+res = {"build_s": build_s, "cpu_s": cpu_s, "search_s": search_s,
+       "peak_private_mb_total": PEAK["anon"], "peak_rss_mb": self_kb / 1024,
+       "peak_rss_workers_mb": kids_kb / 1024, "index_mb": size / 2**20,
+       "on_disk": idx.on_disk, "n": len(idx), "nprobe": idx.params.get("nprobe")}
+if cfg.get("extra"):  # changing the saved index: add one slide, remove some, search again
+    del idx
+    t = time.perf_counter()
+    mm.index.add(cfg["out"], [cfg["extra"]])
+    res["add_one_slide_s"] = time.perf_counter() - t
+    idx = mm.index.load(cfg["out"], verify=False)
+    idx.search_vectors(q[:50], 10)  # warm pages: both timed searches below are warm
+    t = time.perf_counter()
+    idx.search_vectors(q, 10)
+    res["search_warm_s"] = time.perf_counter() - t
+    del idx
+    t = time.perf_counter()
+    idx = mm.index.remove(cfg["out"], cfg["remove"])
+    res["remove_slides_s"] = time.perf_counter() - t
+    res["n_after_remove"] = len(idx)
+    idx.search_vectors(q[:50], 10)
+    t = time.perf_counter()
+    _, nbr3 = idx.search_vectors(q, 10)
+    res["search_with_tombstones_s"] = time.perf_counter() - t
+    np.save(cfg["found"].replace(".npy", "-rm.npy"), nbr3)
+print(json.dumps(res))
 """
 
 
@@ -138,8 +163,24 @@ def write_archive(root: Path, n: int, dim: int, per: int, clusters: int, seed: i
     return paths, centres, bases
 
 
-def ground_truth(paths, q: np.ndarray, k: int = 10) -> np.ndarray:
-    """Exact top-k ids, table by table (ids run in table order, as the builds hand them out)."""
+def extra_table(work: Path, like: Path) -> Path:
+    """One more slide (a copy of ``like`` under a new slide id), for the add measurement."""
+    import mmpath as mm
+
+    t = mm.io.read_h5ad(like)
+    sid = "extra00000"
+    t.obs["slide_id"] = sid
+    t.obs_names = [f"{sid}:{i}" for i in range(t.n_obs)]
+    t.uns["mmpath"]["slides"] = {sid: {"path": None, "mpp": 0.5}}
+    out = work / "extra" / f"{sid}.h5ad"
+    out.parent.mkdir(exist_ok=True)
+    mm.io.write_h5ad(t, out)
+    return out
+
+
+def ground_truth(paths, q: np.ndarray, k: int = 10, skip=()) -> np.ndarray:
+    """Exact top-k ids, table by table (ids run in table order, as the builds hand them out);
+    tables in ``skip`` (removed slides) keep their ids but are not searched."""
     import faiss
 
     from mmpath.index._source import read_table
@@ -148,6 +189,9 @@ def ground_truth(paths, q: np.ndarray, k: int = 10) -> np.ndarray:
     start = 0
     for p in paths:
         x = np.ascontiguousarray(read_table(p, REP).obsm[REP], np.float32)
+        if p in skip:
+            start += len(x)
+            continue
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         D = q @ x.T
         top = np.argsort(-D, axis=1)[:, :k]
@@ -161,7 +205,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)]))
 
 
-def run(mode: str, paths, factory: str, workers: int, work: Path, queries: Path) -> dict:
+def run(mode: str, paths, factory: str, workers: int, work: Path, queries: Path, change=None):
     out = work / f"{mode}.idx"
     found = work / f"{mode}.npy"
     cfg = {
@@ -173,6 +217,7 @@ def run(mode: str, paths, factory: str, workers: int, work: Path, queries: Path)
         "out": str(out),
         "queries": str(queries),
         "found": str(found),
+        **(change or {}),
     }
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
     r = subprocess.run(
@@ -187,6 +232,8 @@ def run(mode: str, paths, factory: str, workers: int, work: Path, queries: Path)
     res = json.loads(r.stdout.strip().splitlines()[-1])
     res["found"] = np.load(found)
     res["found_np2"] = np.load(str(found).replace(".npy", "-np2.npy"))
+    if change:
+        res["found_rm"] = np.load(str(found).replace(".npy", "-rm.npy"))
     shutil.rmtree(out, ignore_errors=True)
     return res
 
@@ -224,10 +271,19 @@ def main(argv=None) -> int:
         np.save(work / "queries.npy", q)
         truth = ground_truth(paths, q)
         factory = f"IVF{nlist_for(args.n)},Flat"
+        gone = paths[:: max(1, len(paths) // 10)][: max(1, len(paths) // 10)]  # ~10% of slides
+        change = {
+            "extra": str(extra_table(work, paths[0])),
+            "remove": [p.stem for p in gone] + ["extra00000"],  # the added copy too
+        }
         ram = run("in_memory", paths, factory, 1, work, work / "queries.npy")
-        disk = run("on_disk", paths, factory, args.workers, work, work / "queries.npy")
+        disk = run("on_disk", paths, factory, args.workers, work, work / "queries.npy", change)
         r_ram, r_disk = recall(ram.pop("found"), truth), recall(disk.pop("found"), truth)
         r2_ram, r2_disk = recall(ram.pop("found_np2"), truth), recall(disk.pop("found_np2"), truth)
+        # after removing slides (and the added copy, whose segment is dropped whole): exact
+        # truth over the remaining slides
+        truth_rm = ground_truth(paths, q, skip=set(gone))
+        r_rm = recall(disk.pop("found_rm"), truth_rm)
         out = {
             "n": args.n,
             "dim": args.dim,
@@ -249,6 +305,12 @@ def main(argv=None) -> int:
             },
             "build_time_ratio_in_memory_over_on_disk": round(ram["build_s"] / disk["build_s"], 3),
             "recall@10_difference": round(abs(r_ram - r_disk), 4),
+            "removed_slides": len(gone),
+            "on_disk_recall@10_after_remove_vs_exact_rest": round(r_rm, 4),
+            "search_time_ratio_tombstones_over_none": round(
+                disk["search_with_tombstones_s"] / disk["search_warm_s"], 3
+            ),
+            "add_one_slide_over_build_time": round(disk["add_one_slide_s"] / disk["build_s"], 4),
             "recall@10_nprobe2_difference": round(abs(r2_ram - r2_disk), 4),
             "peak_private_memory_ratio_on_disk_over_in_memory": round(
                 disk["peak_private_mb_total"] / ram["peak_private_mb_total"], 3
