@@ -152,7 +152,6 @@ FIRST_PARAM_EXCEPTIONS: dict[tuple[str, str], str] = {
 }
 # Public functions without a return annotation -> why (files other helpers are moving).
 RETURN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("index", "load"): "index/_store.py is being edited (issue 13); annotate after",
 }
 # The only modules that may spell the provenance slot uns["mmpath"] (everyone else: K.UNS).
 UNS_OWNERS = {"mmpath._keys", "mmpath.io._prov"}

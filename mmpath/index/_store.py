@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from mmpath.index import _faiss as F
 from mmpath.index._meta import MetaStore
 from mmpath.io._atomic import atomic_path, interrupted_hint, recover
 from mmpath.io._digest import sha256_file
+
+if TYPE_CHECKING:
+    from mmpath.index.tileindex import TileIndex
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ def load(
     mmap: bool = False,
     verify: bool = True,
     gpu: bool | None = None,
-):
+) -> TileIndex:
     """Load a saved index, checking its files against the manifest.
 
     Parameters
