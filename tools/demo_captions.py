@@ -233,8 +233,7 @@ view loss):
 
 {sources}
 
-Augmentation (two views per tile, the `ssl` task's heavy H&E set with smaller crops and
-Macenko stain jitter added): {augment}.
+Augmentation (two views per tile, recipe `{recipe}` of `tools/make_demo_models.py`): {augment}.
 Inputs are 112 px (no resampling) normalised with mean = std = 0.5 per channel (timm's
 config for this architecture).
 
@@ -253,6 +252,8 @@ model (`mmpath list`) for any scientific use.
 """
 
 SOURCE_TEXT = {
+    "sample": "the bundled CMU-1-Small-Region Aperio H&E sample "
+    "(`mmpath.datasets.sample_slide()`; CC0, OpenSlide test data) at 0.5 µm/px",
     "sample_ssl": "the bundled CMU-1-Small-Region Aperio H&E sample "
     "(`mmpath.datasets.sample_slide()`; CC0, OpenSlide test data) at 0.5 µm/px, stride 56 px",
     "sample_1mpp": "the same sample at 1.0 µm/px, stride 56 px",
@@ -352,6 +353,7 @@ def write_vit_card(rec: dict, *, version: str, command: str, batch: int) -> None
                 f"* {n} tiles from {SOURCE_TEXT[k]};" for k, n in rec["n_tiles"].items()
             ),
             augment=rec["augment"],
+            recipe=rec.get("recipe", "shipped"),
             probe=rec["probe_text"],
             made=rec["made_text"].format(command=command, version=version),
             loss=rec["loss"],
