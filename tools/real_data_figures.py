@@ -8,7 +8,9 @@ Prints one JSON object. Every number comes from `tools/fetch_test_data histolyti
   these as indications, not estimates). A VAE (configs/vae-tiny.yaml, 8 epochs) is trained on
   70% of the normal crops (seeded); AUROC is measured on the other 30% plus all 5 neoplastic
   crops, per score. kNN (pooled demo-ViT embedding) and PatchCore (patch features) use the
-  same training crops as the bank (64 px crops around the same cells, demo ViT).
+  same training crops as the bank (64 px crops around the same cells, demo ViT); the
+  feature-space Gaussian (Ledoit-Wolf Mahalanobis distance on the pooled demo-ViT features)
+  uses them as its normal set.
 
 * ``retrieval``: leave-one-out mMV@5 of the 423 nuclei (demo-ViT embeddings of 64 px crops;
   labels connective / inflammatory / neoplastic, so always answering "connective" already
@@ -126,7 +128,13 @@ def _embedding_aurocs(data, train, test, y) -> dict:
     with torch.no_grad():
         e = enc.encode_image((x - mean) / std).features.numpy()
     dist = np.sqrt(((e[test][:, None] - e[train][None]) ** 2).sum(-1)).min(1)
+    # a Gaussian in the backbone's feature space: Mahalanobis distance to the normal crops'
+    # pooled features, with sklearn's Ledoit-Wolf shrunk covariance (128-d from ~280 crops)
+    from sklearn.covariance import LedoitWolf
+
+    maha = LedoitWolf().fit(e[train]).mahalanobis(e[test])
     return {
+        "gaussian_pooled_demo_vit": round(anomaly_metrics(maha, y)["auroc"], 3),
         "knn_pooled_demo_vit": round(anomaly_metrics(dist, y)["auroc"], 3),
         "patchcore_demo_vit": round(anomaly_metrics(patch, y)["auroc"], 3),
         "patchcore_blocks": pc.indices,
