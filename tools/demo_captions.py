@@ -218,39 +218,54 @@ VIT_CARD = """# mmpath-demo-vit: demo image encoder (not a foundation model)
 
 ## What it is
 A small ViT (timm `vit_tiny_patch16_224` built with {arch}: patch 16, 112 px input at
-0.5 µm/px, {params:,} parameters, CLS-token features of dimension {dim}) pretrained from random
-initialisation by `mmpath train ssl` (SimCLR-style two-view InfoNCE, temperature
-{temperature}, 2-layer MLP projection head 512 -> 128 that is discarded) for {steps}
-optimiser steps (batch {batch}, AdamW lr {lr}, weight decay 0.05, warm-up then cosine
-schedule, seed 0) on 2 CPU threads in {minutes:.1f} minutes.
+0.5 µm/px, {params:,} parameters, CLS-token features of dimension {dim}) pretrained by
+`mmpath train ssl` (SimCLR-style two-view InfoNCE, temperature {temperature}, 2-layer MLP
+projection head 512 -> 128 that is discarded), {init}, for {steps} optimiser steps (batch
+{batch}, AdamW lr {lr}, weight decay 0.05, warm-up then cosine schedule, seed 0) in
+{minutes:.1f} minutes on a shared 2-core machine.
 
 Load it with `mmpath.models.create_encoder("mmpath-demo-vit")` (alias `demo-vit`); the weights
 ship inside the package, no download needed.
 
 ## Data
-* {n_sample} tiles of 112 px at 0.5 µm/px with measured tissue fraction >= 0.5 from the bundled
-  CMU-1-Small-Region Aperio H&E sample (`mmpath.datasets.sample_slide()`; CC0, OpenSlide
-  test data);
-* {n_synth} tiles of the same size from a synthetic tissue slide rendered by
-  `mmpath.datasets.default_spec(3072, 2304, mpp=0.5, seed=1)` (pink stroma with purple nuclei
-  of two densities).
+112 px tiles with measured tissue fraction >= 0.5 (95% train, 5% held out for the validation
+view loss):
 
-95% of the tiles train, 5% are held out for the validation view loss.
+{sources}
 
-Augmentation (two views per tile, the `ssl` task's heavy H&E set): {augment}.
+Augmentation (two views per tile, recipe `{recipe}` of `tools/make_demo_models.py`): {augment}.
 Inputs are 112 px (no resampling) normalised with mean = std = 0.5 per channel (timm's
 config for this architecture).
 
+## Does it beat a colour histogram on real nuclei types?
+{probe}
+
 ## Made by
-`{command}` (mmpath {version}); final training loss {loss:.3f}; held-out view_loss
-{view_loss:.3f} (InfoNCE of view 1 vs view 2 over held-out tiles; chance is ln(n) of the
-held-out batch).
+{made}
+Final training loss {loss:.3f}; held-out view_loss {view_loss:.3f} (InfoNCE of view 1 vs view 2
+over held-out tiles; chance is ln(n) of the held-out batch).
 
 ## Limits
-Trained on two slides for minutes: its features separate colour, stain density and texture,
-which is what the demo needs, and not much more. Use a real pathology foundation model
-(`mmpath list`) for any scientific use.
+Trained on a handful of images for minutes: its features separate colour, stain density and
+texture, which is what the demo needs, and not much more. Use a real pathology foundation
+model (`mmpath list`) for any scientific use.
 """
+
+SOURCE_TEXT = {
+    "sample": "the bundled CMU-1-Small-Region Aperio H&E sample "
+    "(`mmpath.datasets.sample_slide()`; CC0, OpenSlide test data) at 0.5 µm/px",
+    "sample_ssl": "the bundled CMU-1-Small-Region Aperio H&E sample "
+    "(`mmpath.datasets.sample_slide()`; CC0, OpenSlide test data) at 0.5 µm/px, stride 56 px",
+    "sample_1mpp": "the same sample at 1.0 µm/px, stride 56 px",
+    "squidpy": "the squidpy 1.8.2 test H&E (`test_img.jpg`, mouse brain; no metadata, read at "
+    "its nuclei estimate of 0.6 µm/px, native pixels), stride 56 px",
+    "hgsc_left": "the **left half only** of the histolytics 0.3.0 HGSC stroma H&E (read at "
+    "0.44 µm/px, its nuclei estimate; tiled at 0.5 µm/px), stride 56 px. The right half, "
+    "where every real-data figure is measured, is never read",
+    "synthetic": "a synthetic tissue slide rendered by "
+    "`mmpath.datasets.default_spec(3072, 2304, mpp=0.5, seed=1)`",
+}
+
 
 LIT_CARD = """# mmpath-demo-lit: demo image-text model (not a foundation model)
 
@@ -329,15 +344,18 @@ def write_vit_card(rec: dict, *, version: str, command: str, batch: int) -> None
             params=params,
             dim=dim,
             temperature=rec["temperature"],
+            init=rec["init_text"],
             steps=rec["steps"],
             batch=batch,
             lr=rec["lr"],
             minutes=rec["minutes"],
-            n_sample=rec["n_tiles"]["sample"],
-            n_synth=rec["n_tiles"]["synthetic"],
+            sources="\n".join(
+                f"* {n} tiles from {SOURCE_TEXT[k]};" for k, n in rec["n_tiles"].items()
+            ),
             augment=rec["augment"],
-            command=command,
-            version=version,
+            recipe=rec.get("recipe", "shipped"),
+            probe=rec["probe_text"],
+            made=rec["made_text"].format(command=command, version=version),
             loss=rec["loss"],
             view_loss=rec["view_loss"],
         ),

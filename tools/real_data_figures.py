@@ -8,7 +8,9 @@ Prints one JSON object. Every number comes from `tools/fetch_test_data histolyti
   these as indications, not estimates). A VAE (configs/vae-tiny.yaml, 8 epochs) is trained on
   70% of the normal crops (seeded); AUROC is measured on the other 30% plus all 5 neoplastic
   crops, per score. kNN (pooled demo-ViT embedding) and PatchCore (patch features) use the
-  same training crops as the bank (64 px crops around the same cells, demo ViT).
+  same training crops as the bank (64 px crops around the same cells, demo ViT); the
+  feature-space Gaussian (Ledoit-Wolf Mahalanobis distance on the pooled demo-ViT features)
+  uses them as its normal set.
 
 * ``retrieval``: leave-one-out mMV@5 of the 423 nuclei (demo-ViT embeddings of 64 px crops;
   labels connective / inflammatory / neoplastic, so always answering "connective" already
@@ -17,7 +19,16 @@ Prints one JSON object. Every number comes from `tools/fetch_test_data histolyti
   high-variance nuisance direction unrelated to the labels), with the
   index built plain, centred, and centred + whitened.
 
-Usage: ``python tools/real_data_figures.py anomaly|retrieval [--out /tmp/figs]``
+* ``probe``: a linear probe of the nucleus class (connective / inflammatory / neoplastic) from
+  nucleus-centred crops (32, 64 and 112 px, resized to the encoder's input), demo ViT features
+  vs a colour histogram (16 bins per RGB channel), with ``mm.tl.linear_probe`` (standardised
+  logistic regression) in 5 folds grouped by 150 px spatial blocks. Only the right half's
+  231 nuclei (199 / 27 / 5) are probed: the demo ViT's SSL saw the left half's pixels (never
+  a label), so every probed cell is on tissue it never saw. The left half alone holds 4
+  inflammatory and no neoplastic cells, too few to train a left-to-right probe.
+
+Usage: ``python tools/real_data_figures.py anomaly|retrieval|probe [--out /tmp/figs]
+[--encoder mmpath-demo-vit]``
 """
 
 from __future__ import annotations
@@ -117,19 +128,25 @@ def _embedding_aurocs(data, train, test, y) -> dict:
     with torch.no_grad():
         e = enc.encode_image((x - mean) / std).features.numpy()
     dist = np.sqrt(((e[test][:, None] - e[train][None]) ** 2).sum(-1)).min(1)
+    # a Gaussian in the backbone's feature space: Mahalanobis distance to the normal crops'
+    # pooled features, with sklearn's Ledoit-Wolf shrunk covariance (128-d from ~280 crops)
+    from sklearn.covariance import LedoitWolf
+
+    maha = LedoitWolf().fit(e[train]).mahalanobis(e[test])
     return {
+        "gaussian_pooled_demo_vit": round(anomaly_metrics(maha, y)["auroc"], 3),
         "knn_pooled_demo_vit": round(anomaly_metrics(dist, y)["auroc"], 3),
         "patchcore_demo_vit": round(anomaly_metrics(patch, y)["auroc"], 3),
         "patchcore_blocks": pc.indices,
     }
 
 
-def _embed_demo_vit(crops: np.ndarray) -> np.ndarray:
+def _embed_demo_vit(crops: np.ndarray, encoder: str = "mmpath-demo-vit") -> np.ndarray:
     import torch
 
     from mmpath.models.factory import create_encoder
 
-    enc = create_encoder("mmpath-demo-vit").eval()
+    enc = create_encoder(encoder).eval()
     d = enc.info.data
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     x = torch.nn.functional.interpolate(
@@ -208,14 +225,61 @@ def retrieval_figures(out: Path) -> dict:
     return res
 
 
+def colour_histogram(crops: np.ndarray, bins: int = 16) -> np.ndarray:
+    """Per-channel RGB histograms (``bins`` each), as fractions of the crop's pixels."""
+    n, h, w, _ = crops.shape
+    flat = crops.reshape(n, h * w, 3).astype(np.int64) * bins // 256  # bin of each value
+    out = np.zeros((n, 3, bins))
+    for c in range(3):
+        np.add.at(out[:, c], (np.repeat(np.arange(n), h * w), flat[:, :, c].ravel()), 1)
+    return out.reshape(n, 3 * bins) / (h * w)
+
+
+def probe_figures(out: Path, encoder: str = "mmpath-demo-vit") -> dict:
+    """Linear probe of the right half's nucleus classes: encoder vs colour histogram."""
+    import anndata as ad
+    import pandas as pd
+
+    from mmpath.datasets.stromal import stromal_nuclei
+    from mmpath.tl.probe import linear_probe
+
+    data = stromal_nuclei()
+    right = np.flatnonzero(data.centroids[:, 0] >= data.image.shape[1] // 2)
+    block = (data.centroids[right] // 150).astype(int)
+    obs = pd.DataFrame(
+        {"label": data.classes[right], "block": [f"{x}_{y}" for x, y in block]},
+        index=[str(i) for i in right],
+    )
+    res: dict = {"n": dict(obs["label"].value_counts()), "crops": {}}
+    for size in (32, 64, 112):
+        crops, _ = data.nucleus_crops(size=size)
+        t = ad.AnnData(obs=obs.copy())
+        t.obsm["X_encoder"] = _embed_demo_vit(crops[right], encoder)
+        t.obsm["X_hist"] = colour_histogram(crops[right])
+        row = {}
+        for name, rep in (("encoder", "X_encoder"), ("colour_histogram", "X_hist")):
+            m = linear_probe(t, label="label", use_rep=rep, groups="block", n_splits=5)
+            row[name] = {
+                k: round(float(m.loc["mean", k]), 3)
+                for k in ("balanced_accuracy", "auroc_macro", "f1_weighted")
+            }
+        res["crops"][f"{size}px"] = row
+    res["encoder"] = encoder
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["anomaly", "retrieval"])
+    p.add_argument("what", choices=["anomaly", "retrieval", "probe"])
+    p.add_argument("--encoder", default="mmpath-demo-vit", help="probe: the encoder to probe")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="mmpath-figs-"))
-    fn = {"anomaly": anomaly_figures, "retrieval": retrieval_figures}[args.what]
-    print(json.dumps({args.what: fn(out)}, indent=1))
+    if args.what == "probe":
+        res = probe_figures(out, args.encoder)
+    else:
+        res = {"anomaly": anomaly_figures, "retrieval": retrieval_figures}[args.what](out)
+    print(json.dumps({args.what: res}, indent=1, default=int))
     return 0
 
 

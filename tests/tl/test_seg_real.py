@@ -91,5 +91,6 @@ def test_unet_beats_stain_aware_otsu_on_held_out_half(tmp_path, testdata, stroma
     _, test = stroma.split_crops(size=128)
     otsu_crops = _dice(baseline_segment(test.images, "hematoxylin_otsu"), test.masks)
     otsu_half = _dice(baseline_segment(right, "hematoxylin_otsu"), truth)
-    assert unet >= otsu_crops + 0.05, (unet, otsu_crops)  # measured 0.62 vs 0.54
-    assert unet > otsu_half, (unet, otsu_half)  # measured 0.62 vs 0.59 (one threshold per half)
+    assert unet >= otsu_crops + 0.05, (unet, otsu_crops)  # measured 0.638 vs 0.538
+    # the stronger baseline, one threshold for the whole half: measured 0.638 vs 0.586 (+0.052)
+    assert unet >= otsu_half + 0.05, (unet, otsu_half)
