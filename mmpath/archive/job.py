@@ -10,12 +10,15 @@ error; nothing is raised to the engine, so one bad slide never stops the others.
 
 Its payload is plain JSON-able data (the task, the resolved config, the archive folder and an
 optional staged copy of the slide), so it crosses process and machine boundaries as is.
-Encoders are loaded once per process and cached (a Ray or Dask worker keeps its models
-between slides).
+Encoders are loaded once per process and cached: every engine calls :func:`warm_up` when
+it starts a worker (the local pool's initializer, a Ray actor's constructor, a Dask worker
+plugin), so a worker loads its models once, before its first slide, and keeps them between
+slides. Each record names its worker process and how many encoder loads that process made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -45,6 +48,7 @@ from mmpath.errors import MmpathError
 log = logging.getLogger(__name__)
 
 _ENCODERS: dict[tuple, Any] = {}  # per-process model cache
+_LOADS = [0]  # encoder loads made by this process (each record names it)
 WORKER_DEVICE: str | None = None  # set by an engine's worker initializer (one GPU each)
 
 
@@ -114,24 +118,69 @@ def get_encoder(enc: EncoderConfig, device: str | None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             _ENCODERS[key] = resolve_encoder(enc.name, weights=enc.weights, device=device)
+        _LOADS[0] += 1
     return _ENCODERS[key]
 
 
-def _set_threads(n: int | None) -> None:
-    if n:
-        import torch
+def _run_encoders(cfg: ArchiveConfig) -> list[EncoderConfig]:
+    """Every encoder a job of ``cfg`` may load (the embedding ones, then zero-shot's)."""
+    encs = list(cfg.encoders)
+    zs = cfg.zero_shot
+    if zs is not None and zs.classes:
+        name = zs.encoder or cfg.encoders[0].name
+        if not any(e.name == name for e in encs):
+            encs.append(EncoderConfig(name))
+    return encs
 
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+
+def warm_up(config: dict[str, Any]) -> None:
+    """Prepare a worker process for a run's jobs: torch threads, then every encoder loaded once.
+
+    Engines call it when a worker starts. It never raises: an encoder that cannot load is
+    left for the jobs, which record the error per slide.
+    """
+    try:
+        cfg = archive_config(config)
+        threads = cfg.engine.torch_threads
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        device = cfg.engine.device or WORKER_DEVICE
+        for enc in _run_encoders(cfg):
+            get_encoder(enc, device)
+    except Exception as err:  # noqa: BLE001 - the jobs report it, slide by slide
+        log.debug("warm-up failed (%s); the jobs will report it", one_line(err))
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's CPU threads set to ``n`` for one job, restored after (a ``workers=0`` run must
+    not change the caller's process)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Process one slide; returns its record (also written to ``slides/<slide_id>.json``).
 
     ``payload`` holds ``task`` (a :class:`SlideTask` dict), ``config`` (the resolved
-    :class:`ArchiveConfig` dict), ``out`` (the archive folder) and ``staged`` (a local copy of
-    the slide to read instead of ``task.path``, or None). A slide locked by another live
-    runner returns a record with state ``"locked"`` (not written).
+    :class:`ArchiveConfig` dict), ``out`` (the archive folder), ``staged`` (a local copy of
+    the slide to read instead of ``task.path``, or None) and ``input`` (the input signature
+    of ``task.path`` the driver planned with: size, mtime and the optional sha256 are computed
+    once, by the driver, never again here). A slide locked by another live runner returns a
+    record with state ``"locked"`` (not written).
     """
     task = SlideTask.from_dict(payload["task"])
     cfg = archive_config(payload["config"])
@@ -148,14 +197,19 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
             f"{holder.get('host')})",
         }
     try:
-        return _run_locked(task, cfg, store, payload.get("staged"))
+        sig = payload.get("input")
+        if sig is None:  # a payload made by hand
+            sig = S.input_signature(task.path, with_hash=cfg.hash_inputs)
+        with _threads(cfg.engine.torch_threads):
+            return _run_locked(task, cfg, store, payload.get("staged"), sig)
     finally:
         lock.release()
 
 
-def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, staged) -> dict:
+def _run_locked(
+    task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, staged, sig: dict
+) -> dict:
     t0 = time.perf_counter()
-    sig = S.input_signature(task.path, with_hash=cfg.hash_inputs)
     prev = store.read_record(task.slide_id)
     plan = plan_slide(store, task, cfg, prev, sig)
     if plan.kind in ("skip", "failed"):  # another runner finished it since we planned
@@ -174,6 +228,7 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
         "mmpath_version": __version__,
         "host": S.HOST,
         "pid": os.getpid(),
+        "encoder_loads_at_start": _LOADS[0],  # 1+ when the worker's warm-up loaded them
         "started": time.time(),
         "table": os.path.join("tables", f"{task.slide_id}.h5ad"),
     }
@@ -183,7 +238,6 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
     store.write_record(rec)
     slide = None
     try:
-        _set_threads(cfg.engine.torch_threads)
         slide, adata = _tiles(task, cfg, store, plan, staged, timings)
         if plan.metadata and task.metadata:
             from mmpath import io
@@ -210,6 +264,7 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
             slide.close()
     timings["total"] = time.perf_counter() - t0
     rec["finished"] = time.time()
+    rec["encoder_loads"] = _LOADS[0]  # loads this worker process made so far
     try:
         store.write_record(rec)
     except OSError as err:  # e.g. the disk is full: the record stays "running" (redone)

@@ -153,16 +153,17 @@ def run(
     save_config(cfg, store.root / "config.yaml")
 
     rows: dict[str, dict[str, Any]] = {}
-    todo: list[SlideTask] = []
+    todo: list[tuple[SlideTask, dict]] = []
     for task in tasks:
         prev = store.read_record(task.slide_id)
+        # computed once, here: the job records this signature (it never re-reads the file)
         sig = S.input_signature(task.path, with_hash=cfg.hash_inputs)
         plan = plan_slide(store, task, cfg, prev, sig)
         if plan.kind in ("skip", "failed"):
             action = "skipped" if plan.kind == "skip" else "kept failed"
             rows[task.slide_id] = _row({**prev, "action": action})
             continue
-        todo.append(task)
+        todo.append((task, sig))
         store.create_record({"slide_id": task.slide_id, "path": task.path, "state": S.PENDING})
     log.info(
         "archive %s: %d slide(s), %d to process on engine %r with %d worker(s)",
@@ -171,8 +172,14 @@ def run(
 
     cfg_dict = to_dict(cfg)
     payloads: Iterator[dict] = (
-        {"task": t.to_dict(), "config": cfg_dict, "out": str(store.root), "staged": None}
-        for t in todo
+        {
+            "task": t.to_dict(),
+            "config": cfg_dict,
+            "out": str(store.root),
+            "staged": None,
+            "input": sig,
+        }
+        for t, sig in todo
     )
     stager = None
     if cfg.staging.dir:
@@ -193,6 +200,7 @@ def run(
             workers=n_workers,
             address=cfg.engine.address,
             timeout=cfg.engine.connect_timeout,
+            config=cfg_dict,
         )
         for rec in results:
             rows[rec["slide_id"]] = _row(rec)

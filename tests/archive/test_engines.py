@@ -7,6 +7,7 @@ one clear error, fast.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -33,6 +34,17 @@ def _cli_run(slides, out, engine: str, *extra: str, config=None) -> subprocess.C
     return subprocess.run(argv, capture_output=True, text=True, timeout=600)
 
 
+def _check_workers(out) -> None:
+    """Each worker process loaded the encoder once, before its first slide, and kept it."""
+    recs = [json.loads(p.read_text()) for p in (out / "slides").glob("*.json")]
+    done = [r for r in recs if r["state"] == "done"]
+    # loaded in the worker's start-up (already 1 when its first job began), never again
+    loads = {(r["encoder_loads_at_start"], r["encoder_loads"]) for r in done}
+    assert loads == {(1, 1)}, loads
+    pids = {r["pid"] for r in done}
+    assert len(pids) == 2 and len(done) > len(pids)
+
+
 def _check_run(table) -> None:
     table = table.set_index("slide_id")
     assert len(table) == N_SLIDES
@@ -53,6 +65,7 @@ def local_archive(archive_slides, tmp_path_factory):
 def test_local_engine_two_workers(local_archive, archive_slides):
     out, table = local_archive
     _check_run(table)
+    _check_workers(out)
     assert sorted(mm.archive.open(out).slide_ids) == GOOD
     # the same archive in-process gives the same bytes (the job is pure)
     sub = out.parent / "inproc"
@@ -69,6 +82,7 @@ def test_ray_engine_equals_local(local_archive, archive_slides):
     res = _cli_run(archive_slides, out, "ray", "--workers", "2")
     assert res.returncode == 2, res.stderr[-2000:]  # the corrupt slide fails, the rest go on
     _check_run(mm.archive.status(out))
+    _check_workers(out)
     assert_same_tables(ref, out, GOOD)
 
 
@@ -79,6 +93,7 @@ def test_dask_engine_equals_local(local_archive, archive_slides):
     res = _cli_run(archive_slides, out, "dask", "--workers", "2")
     assert res.returncode == 2, res.stderr[-2000:]  # the corrupt slide fails, the rest go on
     _check_run(mm.archive.status(out))
+    _check_workers(out)
     assert_same_tables(ref, out, GOOD)
 
 
