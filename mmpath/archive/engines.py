@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -65,21 +66,51 @@ def _interrupted(payload: dict[str, Any], why: str) -> dict[str, Any]:
     return {**rec, "action": "ran"}
 
 
+# An HTTP/2 client preface and an empty SETTINGS frame: a Ray GCS or Ray Client server (gRPC)
+# answers it with its own SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _check_reachable(address: str, timeout: float, engine: str) -> None:
-    """Fail fast (within ``timeout`` s) when nothing answers at a cluster address."""
+    """Fail fast (within about ``timeout`` s) when nothing answers at a cluster address.
+
+    Connecting is not enough: a port that accepts and never replies (a stuck process, a
+    firewall that holds connections) hangs ``distributed.Client`` past its timeout. Both
+    servers speak first (a Dask scheduler's handshake, a gRPC server's SETTINGS), so a
+    few bytes within ``timeout`` prove something of the kind listens. ``tls://`` Dask
+    addresses are only connected to (a TLS server waits for the client).
+    """
     if address == "auto":
         return
     url = urlparse(address if "://" in address else f"tcp://{address}")
     host, port = url.hostname, url.port
     if not host or not port:
         raise EngineError(f"{engine} address {address!r} must look like HOST:PORT")
+    hint = "check the address, or omit --address to start a local cluster"
+    deadline = time.monotonic() + timeout
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         raise EngineError(
             f"cannot reach the {engine} cluster at {address!r} within {timeout:g} s ({err}); "
-            "check the address, or omit --address to start a local cluster"
+            + hint
         ) from None
+    with sock:
+        if engine == "Dask" and url.scheme not in ("tcp", ""):
+            return
+        try:
+            if engine == "Ray":
+                sock.sendall(_H2_PREFACE)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            answer = sock.recv(64)
+        except OSError:  # timed out or reset
+            answer = b""
+    if not answer:
+        what = "scheduler" if engine == "Dask" else "cluster (GCS or Ray Client server)"
+        raise EngineError(
+            f"cannot reach the {engine} cluster at {address!r} within {timeout:g} s (it "
+            f"accepts connections but no {engine} {what} answers there); " + hint
+        )
 
 
 def _windowed(

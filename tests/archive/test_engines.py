@@ -7,9 +7,12 @@ one clear error, fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -106,19 +109,69 @@ def test_missing_engine_names_the_extra(engine, module, extra, few_slides, tmp_p
         mm.archive.run(few_slides, tmp_path / "o", config=CONFIG, engine=engine)
 
 
+@contextlib.contextmanager
+def _silent_port():
+    """A loopback port that accepts connections and never answers (127.0.0.1 only)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(srv.accept()[0])
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()
+
+
 @pytest.mark.parametrize("engine", ["ray", "dask"])
-def test_bad_address_fails_fast(engine, few_slides, tmp_path):
-    """A loopback port nothing listens on (only 127.0.0.1 is ever contacted)."""
+def test_silent_address_fails_fast_in_one_line(engine, few_slides, tmp_path):
+    """A port that accepts but never answers: one line, exit 2, within the timeout."""
     pytest.importorskip("ray" if engine == "ray" else "distributed")
-    port = 1
     cfg = {**CONFIG, "engine": {**CONFIG["engine"], "connect_timeout": 1.0}}
-    t0 = time.monotonic()
-    addr = f"127.0.0.1:{port}"
-    res = _cli_run(few_slides, tmp_path / "o", engine, "--address", addr, config=cfg)
+    with _silent_port() as port:
+        addr = f"127.0.0.1:{port}"
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match="accepts connections but no") as err:
+            mm.archive.run(few_slides, tmp_path / "api", config=cfg, engine=engine, address=addr)
+        assert time.monotonic() - t0 < 5
+        assert "\n" not in str(err.value) and "within 1 s" in str(err.value)
+        res = _cli_run(few_slides, tmp_path / "o", engine, "--address", addr, config=cfg)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
     assert "cannot reach the" in lines[0] and "within 1 s" in lines[0], lines
-    assert time.monotonic() - t0 < 60  # an error, not a hang (includes the child's imports)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "api").exists()
+
+
+@pytest.mark.parametrize("engine", ["ray", "dask"])
+def test_refused_address_fails_fast(engine, few_slides, tmp_path):
+    """A loopback port nothing listens on (only 127.0.0.1 is ever contacted)."""
+    pytest.importorskip("ray" if engine == "ray" else "distributed")
+    with socket.socket() as s:  # a free port, closed again: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match="cannot reach the .* within 1 s") as err:
+        mm.archive.run(
+            few_slides,
+            tmp_path / "o",
+            config={**CONFIG, "engine": {**CONFIG["engine"], "connect_timeout": 1.0}},
+            engine=engine,
+            address=f"127.0.0.1:{port}",
+        )
+    assert time.monotonic() - t0 < 5 and "\n" not in str(err.value)
 
 
 @pytest.mark.gpu
