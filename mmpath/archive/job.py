@@ -146,6 +146,14 @@ def warm_up(config: dict[str, Any]) -> None:
             import torch
 
             torch.set_num_threads(threads)
+        from mmpath import io, pp, tl  # noqa: F401 - the job's steps, imported up front
+
+        if cfg.thumbnails:  # matplotlib, imported once per worker
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot  # noqa: F401
+
         device = cfg.engine.device or WORKER_DEVICE
         for enc in _run_encoders(cfg):
             get_encoder(enc, device)
@@ -238,7 +246,7 @@ def _run_locked(
     store.write_record(rec)
     slide = None
     try:
-        slide, adata = _tiles(task, cfg, store, plan, staged, timings)
+        slide, adata, tissue = _tiles(task, cfg, store, plan, staged, timings)
         if plan.metadata and task.metadata:
             from mmpath import io
 
@@ -256,6 +264,8 @@ def _run_locked(
         io.write_h5ad(adata, table)
         timings["write"] = time.perf_counter() - t
         rec.update(state=S.DONE, n_tiles=int(adata.n_obs), table_bytes=table.stat().st_size)
+        if cfg.thumbnails and (plan.kind == "full" or not store.thumb_path(task.slide_id).exists()):
+            _thumbnail(adata, slide, tissue, store, task.slide_id, rec, timings)
     except Exception as err:  # noqa: BLE001 - every failure is recorded, never raised
         log.debug("slide %s failed", task.slide_id, exc_info=True)
         rec.update(state=S.FAILED, error=one_line(err))
@@ -282,7 +292,7 @@ def _tiles(task, cfg, store, plan, staged, timings):
     )
     timings["open"] = time.perf_counter() - t
     if plan.kind == "update":
-        return slide, io.read_h5ad(store.table_path(task.slide_id))
+        return slide, io.read_h5ad(store.table_path(task.slide_id)), None
     t = time.perf_counter()
     tissue = pp.detect_tissue(slide, mpp=cfg.tiling.tissue_mpp)
     timings["tissue"] = time.perf_counter() - t
@@ -302,7 +312,21 @@ def _tiles(task, cfg, store, plan, staged, timings):
         rec = _prov.slide_record(tiles, task.slide_id)
         _prov.set_slide_record(tiles, task.slide_id, {**rec, "path": task.path})
     timings["tile"] = time.perf_counter() - t
-    return slide, tiles
+    return slide, tiles, tissue
+
+
+def _thumbnail(adata, slide, tissue, store, slide_id: str, rec: dict, timings: dict) -> None:
+    """Draw the slide's tile grid; a picture that cannot be drawn never fails the slide."""
+    from mmpath.archive.pictures import draw_thumbnail
+
+    t = time.perf_counter()
+    try:
+        draw_thumbnail(adata, slide, tissue, store.thumb_path(slide_id))
+        rec["thumbnail"] = os.path.join("thumbs", f"{slide_id}.jpg")
+    except Exception as err:  # noqa: BLE001 - the table is done; the picture is a bonus
+        log.warning("no thumbnail for %s: %s", slide_id, one_line(err))
+        rec["thumbnail"] = None
+    timings["thumbnail"] = time.perf_counter() - t
 
 
 def _embed(adata, slide, cfg: ArchiveConfig, plan: Plan, rec: dict, timings: dict) -> None:

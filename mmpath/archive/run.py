@@ -315,13 +315,16 @@ def status_summary(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def write_summary(folder: str | os.PathLike[str], df: pd.DataFrame | None = None) -> Path:
-    """Write ``<folder>/summary.md``: counts, failures with errors, throughput, versions."""
+    """Write ``<folder>/summary.md``: counts, failures with errors, throughput, versions, and
+    a contact sheet of the done slides' thumbnails (``contact_sheet.jpg``)."""
+    from mmpath.archive.pictures import contact_sheet
     from mmpath.archive.report import summary_markdown
     from mmpath.io._atomic import atomic_write_text
 
     store = S.ArchiveStore(folder).require()
     df = status(folder) if df is None else df
+    sheet = contact_sheet(store, df)
     path = store.root / "summary.md"
-    atomic_write_text(path, summary_markdown(store, df, status_summary(df)))
+    atomic_write_text(path, summary_markdown(store, df, status_summary(df), sheet=sheet))
     store.write_manifest(list(store.records()))
     return path
