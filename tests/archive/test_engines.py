@@ -137,22 +137,32 @@ def _silent_port():
 
 
 @pytest.mark.parametrize("engine", ["ray", "dask"])
-def test_silent_address_fails_fast_in_one_line(engine, few_slides, tmp_path):
-    """A port that accepts but never answers: one line, exit 2, within the timeout."""
+def test_silent_address_fails_fast(engine, few_slides, tmp_path):
+    """A port that accepts but never answers: one clear error within the timeout."""
     pytest.importorskip("ray" if engine == "ray" else "distributed")
     cfg = {**CONFIG, "engine": {**CONFIG["engine"], "connect_timeout": 1.0}}
     with _silent_port() as port:
-        addr = f"127.0.0.1:{port}"
         t0 = time.monotonic()
         with pytest.raises(EngineError, match="accepts connections but no") as err:
-            mm.archive.run(few_slides, tmp_path / "api", config=cfg, engine=engine, address=addr)
+            mm.archive.run(
+                few_slides, tmp_path / "o", config=cfg, engine=engine, address=f"127.0.0.1:{port}"
+            )
         assert time.monotonic() - t0 < 5
-        assert "\n" not in str(err.value) and "within 1 s" in str(err.value)
-        res = _cli_run(few_slides, tmp_path / "o", engine, "--address", addr, config=cfg)
+    assert "\n" not in str(err.value) and "within 1 s" in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+# Ray printed 4 lines for a silent address (its own logging); the CLI shows one.
+@pytest.mark.parametrize("engine", ["ray", pytest.param("dask", marks=pytest.mark.slow)])
+def test_silent_address_cli_one_line(engine, few_slides, tmp_path):
+    pytest.importorskip("ray" if engine == "ray" else "distributed")
+    cfg = {**CONFIG, "engine": {**CONFIG["engine"], "connect_timeout": 1.0}}
+    with _silent_port() as port:
+        res = _cli_run(few_slides, tmp_path / "o", engine, "--address", f"127.0.0.1:{port}",
+                       config=cfg)  # fmt: skip
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
     assert "cannot reach the" in lines[0] and "within 1 s" in lines[0], lines
-    assert not (tmp_path / "o").exists() and not (tmp_path / "api").exists()
 
 
 @pytest.mark.parametrize("engine", ["ray", "dask"])
