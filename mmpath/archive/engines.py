@@ -7,16 +7,18 @@ decides *where* jobs run, never *what* they compute, so every engine writes the 
   ``workers`` model processes, one per GPU (``CUDA``) or several on the CPU, each decoding its
   slide's tiles in ``reader_workers`` torch DataLoader processes; ``workers=0`` runs in this
   process (debugging, tests).
-* ``ray`` (``pip install 'mmpath[ray]'``): one Ray task per slide (``num_gpus=1`` each when
-  the cluster has GPUs; Ray keeps worker processes, so each loads its encoders once); a local
-  cluster of ``workers`` CPUs (``ray.init(num_cpus=..., include_dashboard=False)``) or
-  ``address=`` for an existing one.
+* ``ray`` (``pip install 'mmpath[ray]'``): an actor pool (``ray.util.ActorPool``) of
+  ``workers`` actors (``num_gpus=1`` each, one per GPU, when the cluster has GPUs), each
+  running one slide at a time; a local cluster of ``workers`` CPUs
+  (``ray.init(num_cpus=..., include_dashboard=False)``) or ``address=`` for an existing one.
 * ``dask`` (``pip install 'mmpath[dask]'``): ``distributed.Client`` on a ``LocalCluster`` of
   ``workers`` single-threaded processes or ``address=`` for an existing scheduler (Slurm,
   Kubernetes); tasks ask ``resources={"GPU": 1}`` when GPUs exist.
 
-At most ``2 * workers`` jobs are in flight at any time, so a run over 10^6 slides never holds
-10^6 futures. A worker process that dies (OOM killer, ``kill -9``) while it holds a slide turns
+Every worker loads the run's encoders once, before its first slide, and keeps them
+(:func:`~mmpath.archive.job.warm_up` in the local pool's initializer, the Ray actor's
+constructor, and a Dask worker plugin). At most ``2 * workers`` jobs are in flight at any
+time, so a run over 10^6 slides never holds 10^6 futures. A worker process that dies (OOM killer, ``kill -9``) while it holds a slide turns
 that slide's record into ``interrupted`` (redone by the next run); the other slides go on.
 An address that does not answer fails within ``connect_timeout`` seconds.
 """
