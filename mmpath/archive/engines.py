@@ -18,9 +18,10 @@ decides *where* jobs run, never *what* they compute, so every engine writes the 
 Every worker loads the run's encoders once, before its first slide, and keeps them
 (:func:`~mmpath.archive.job.warm_up` in the local pool's initializer, the Ray actor's
 constructor, and a Dask worker plugin). At most ``2 * workers`` jobs are in flight at any
-time, so a run over 10^6 slides never holds 10^6 futures. A worker process that dies (OOM killer, ``kill -9``) while it holds a slide turns
-that slide's record into ``interrupted`` (redone by the next run); the other slides go on.
-An address that does not answer fails within ``connect_timeout`` seconds.
+time, so a run over 10^6 slides never holds 10^6 futures. A worker process that dies (OOM
+killer, ``kill -9``) while it holds a slide turns that slide's record into ``interrupted``
+(redone by the next run); the other slides go on. An address that does not answer fails
+within ``connect_timeout`` seconds.
 """
 
 from __future__ import annotations
