@@ -48,7 +48,7 @@ CONFIG = {
     "tiling": {"size": 64, "mpp": 2.0, "min_tissue": 0.5},
     "encoders": ["tiny_vit"],
     "engine": {"batch_size": 16},  # torch threads: cores // workers (the default)
-    # Off for the speed runs: the thumbnail is a one-thread matplotlib drawing (~0.2 s) that
+    # Off for the speed runs: the thumbnail is a one-thread matplotlib drawing (~0.3 s) that
     # would dominate these tiny jobs and scale with workers better than the model does. Its
     # cost is measured on its own (per_slide_overhead_ms.thumbnail_ms).
     "thumbnails": False,
