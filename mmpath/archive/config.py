@@ -126,6 +126,7 @@ class ArchiveConfig:
     hash_inputs: bool = False  # also compare a sha256 of each slide file, not only size+mtime
     stale_lock_seconds: float = 600.0  # a lock not refreshed for this long is taken over
     retry_failed: bool = False
+    thumbnails: bool = True  # draw thumbs/<slide_id>.jpg: the tile grid over the thumbnail
 
     def __post_init__(self) -> None:
         ids = [encoder_id(e) for e in self.encoders]

@@ -7,18 +7,21 @@ decides *where* jobs run, never *what* they compute, so every engine writes the 
   ``workers`` model processes, one per GPU (``CUDA``) or several on the CPU, each decoding its
   slide's tiles in ``reader_workers`` torch DataLoader processes; ``workers=0`` runs in this
   process (debugging, tests).
-* ``ray`` (``pip install 'mmpath[ray]'``): one Ray task per slide (``num_gpus=1`` each when
-  the cluster has GPUs; Ray keeps worker processes, so each loads its encoders once); a local
-  cluster of ``workers`` CPUs (``ray.init(num_cpus=..., include_dashboard=False)``) or
-  ``address=`` for an existing one.
+* ``ray`` (``pip install 'mmpath[ray]'``): an actor pool (``ray.util.ActorPool``) of
+  ``workers`` actors (``num_gpus=1`` each, one per GPU, when the cluster has GPUs), each
+  running one slide at a time; a local cluster of ``workers`` CPUs
+  (``ray.init(num_cpus=..., include_dashboard=False)``) or ``address=`` for an existing one.
 * ``dask`` (``pip install 'mmpath[dask]'``): ``distributed.Client`` on a ``LocalCluster`` of
   ``workers`` single-threaded processes or ``address=`` for an existing scheduler (Slurm,
   Kubernetes); tasks ask ``resources={"GPU": 1}`` when GPUs exist.
 
-At most ``2 * workers`` jobs are in flight at any time, so a run over 10^6 slides never holds
-10^6 futures. A worker process that dies (OOM killer, ``kill -9``) while it holds a slide turns
-that slide's record into ``interrupted`` (redone by the next run); the other slides go on.
-An address that does not answer fails within ``connect_timeout`` seconds.
+Every worker loads the run's encoders once, before its first slide, and keeps them
+(:func:`~mmpath.archive.job.warm_up` in the local pool's initializer, the Ray actor's
+constructor, and a Dask worker plugin). At most ``2 * workers`` jobs are in flight at any
+time, so a run over 10^6 slides never holds 10^6 futures. A worker process that dies (OOM
+killer, ``kill -9``) while it holds a slide turns that slide's record into ``interrupted``
+(redone by the next run); the other slides go on. An address that does not answer fails
+within ``connect_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -65,21 +69,51 @@ def _interrupted(payload: dict[str, Any], why: str) -> dict[str, Any]:
     return {**rec, "action": "ran"}
 
 
+# An HTTP/2 client preface and an empty SETTINGS frame: a Ray GCS or Ray Client server (gRPC)
+# answers it with its own SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _check_reachable(address: str, timeout: float, engine: str) -> None:
-    """Fail fast (within ``timeout`` s) when nothing answers at a cluster address."""
+    """Fail fast (within about ``timeout`` s) when nothing answers at a cluster address.
+
+    Connecting is not enough: a port that accepts and never replies (a stuck process, a
+    firewall that holds connections) hangs ``distributed.Client`` past its timeout. Both
+    servers speak first (a Dask scheduler's handshake, a gRPC server's SETTINGS), so a
+    few bytes within ``timeout`` prove something of the kind listens. ``tls://`` Dask
+    addresses are only connected to (a TLS server waits for the client).
+    """
     if address == "auto":
         return
     url = urlparse(address if "://" in address else f"tcp://{address}")
     host, port = url.hostname, url.port
     if not host or not port:
         raise EngineError(f"{engine} address {address!r} must look like HOST:PORT")
+    hint = "check the address, or omit --address to start a local cluster"
+    deadline = time.monotonic() + timeout
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         raise EngineError(
             f"cannot reach the {engine} cluster at {address!r} within {timeout:g} s ({err}); "
-            "check the address, or omit --address to start a local cluster"
+            + hint
         ) from None
+    with sock:
+        if engine == "Dask" and url.scheme not in ("tcp", ""):
+            return
+        try:
+            if engine == "Ray":
+                sock.sendall(_H2_PREFACE)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            answer = sock.recv(64)
+        except OSError:  # timed out or reset
+            answer = b""
+    if not answer:
+        what = "scheduler" if engine == "Dask" else "cluster (GCS or Ray Client server)"
+        raise EngineError(
+            f"cannot reach the {engine} cluster at {address!r} within {timeout:g} s (it "
+            f"accepts connections but no {engine} {what} answers there); " + hint
+        )
 
 
 def _windowed(
@@ -106,15 +140,17 @@ def _windowed(
 # -- local -----------------------------------------------------------------------------------
 
 
-def _init_local_worker(devices, level: int) -> None:
+def _init_local_worker(devices, level: int, config: dict | None) -> None:
     from mmpath.archive import job
 
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if devices is not None:
         job.WORKER_DEVICE = devices.get()
+    if config is not None:
+        job.warm_up(config)
 
 
-def _run_local(payloads: Iterable[dict], workers: int) -> Iterator[dict]:
+def _run_local(payloads: Iterable[dict], workers: int, config: dict | None) -> Iterator[dict]:
     if workers == 0:
         for p in payloads:
             yield run_job(p)
@@ -136,7 +172,10 @@ def _run_local(payloads: Iterable[dict], workers: int) -> Iterator[dict]:
             for i in range(workers):
                 devices.put(f"cuda:{i % gpus}")
         pool = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_local_worker, initargs=(devices, level)
+            workers,
+            mp_context=ctx,
+            initializer=_init_local_worker,
+            initargs=(devices, level, config),
         )
         pending: dict[Any, dict] = {}
         broken: list[dict] = []
@@ -201,9 +240,12 @@ DIED = "its worker process died mid-slide (killed, or out of memory); rerun to r
 # -- ray ---------------------------------------------------------------------------------------
 
 
-def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeout: float):
+def _run_ray(
+    payloads: Iterable[dict], workers: int, address: str | None, timeout: float, config
+) -> Iterator[dict]:
     try:
         import ray
+        from ray.util import ActorPool
     except ImportError:
         raise EngineError("engine 'ray' needs Ray: pip install 'mmpath[ray]'") from None
     started = False
@@ -228,7 +270,19 @@ def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeou
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = workers or int(ray.cluster_resources().get("CPU", 1))
-        remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)(run_job)
+        if gpus:
+            n = min(n, gpus)  # one actor per GPU; more would wait for a GPU forever
+        # An actor pool: each actor loads the encoders once (its constructor) and keeps them;
+        # an actor killed mid-slide is restarted by Ray (its slide is recorded interrupted).
+        actor = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=3)(_RayWorker)
+        pool = ActorPool([actor.remote(config) for _ in range(max(1, n))])
+        busy: dict[Any, Any] = {}
+
+        def submit(p):
+            a = pool.pop_idle()
+            ref = a.run.remote(p)
+            busy[ref] = a
+            return ref
 
         def wait_one(pending):
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -237,8 +291,10 @@ def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeou
                 return ref, ray.get(ref), None
             except Exception as err:  # noqa: BLE001 - a crashed worker, reported per slide
                 return ref, None, err
+            finally:
+                pool.push(busy.pop(ref))  # free again (Ray restarts it if it died)
 
-        for p, result, err in _windowed(payloads, 2 * max(1, n), remote.remote, wait_one):
+        for p, result, err in _windowed(payloads, max(1, n), submit, wait_one):
             if err is None:
                 yield result
             else:
@@ -248,6 +304,20 @@ def _run_ray(payloads: Iterable[dict], workers: int, address: str | None, timeou
     finally:
         if started:
             ray.shutdown()
+
+
+class _RayWorker:
+    """A Ray actor running :func:`run_job`; it loads the run's encoders once, when it starts."""
+
+    def __init__(self, config: dict | None) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        if config is not None:
+            from mmpath.archive import job
+
+            job.warm_up(config)
+
+    def run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return run_job(payload)
 
 
 def _ray_connect(ray, address: str, timeout: float) -> None:
@@ -272,7 +342,9 @@ def _ray_connect(ray, address: str, timeout: float) -> None:
 # -- dask --------------------------------------------------------------------------------------
 
 
-def _run_dask(payloads: Iterable[dict], workers: int, address: str | None, timeout: float):
+def _run_dask(
+    payloads: Iterable[dict], workers: int, address: str | None, timeout: float, config
+) -> Iterator[dict]:
     try:
         import dask
         from distributed import Client, LocalCluster, wait
@@ -302,6 +374,10 @@ def _run_dask(payloads: Iterable[dict], workers: int, address: str | None, timeo
             )
             client = Client(cluster)
     try:
+        if config is not None:  # every worker (and any that joins later) loads the models once
+            from mmpath.archive._dask_plugin import WarmUp
+
+            client.register_plugin(WarmUp(config), name="mmpath-archive-warm-up")
         n = workers or max(1, len(client.scheduler_info().get("workers", {})))
         resources = {"GPU": 1} if gpus else None
 
@@ -342,18 +418,23 @@ def preflight(name: str, address: str | None, timeout: float) -> None:
         _check_reachable(address, timeout, name.capitalize())
 
 
-def _dask_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """:func:`run_job` on a Dask worker; on a GPU machine, worker ``i`` of a LocalCluster
-    (named 0, 1, ...) uses ``cuda:i`` (Dask does not pin devices as Ray does)."""
+def dask_device(worker) -> None:
+    """On a GPU machine, worker ``i`` of a LocalCluster (named 0, 1, ...) uses ``cuda:i``
+    (Dask does not pin devices as Ray does)."""
     from mmpath.archive import job
 
     gpus = cuda_count()
     if gpus and job.WORKER_DEVICE is None:
-        from distributed import get_worker
-
-        name = get_worker().name
+        name = worker.name
         index = name if isinstance(name, int) else abs(hash(name))
         job.WORKER_DEVICE = f"cuda:{index % gpus}"
+
+
+def _dask_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_job` on a Dask worker (see :mod:`._dask_plugin`)."""
+    from distributed import get_worker
+
+    dask_device(get_worker())
     return run_job(payload)
 
 
@@ -364,15 +445,17 @@ def run_engine(
     workers: int,
     address: str | None = None,
     timeout: float = 10.0,
+    config: dict | None = None,
 ) -> Iterator[dict]:
     """Run the job over ``payloads`` on engine ``name``; yields records as slides finish.
 
-    Call :func:`preflight` first (it checks the engine and the address).
+    Call :func:`preflight` first (it checks the engine and the address). ``config`` (the
+    run's resolved config) lets each worker load the encoders once when it starts.
     """
     if name == "local":
-        return _run_local(payloads, workers)
+        return _run_local(payloads, workers, config)
     run = _run_ray if name == "ray" else _run_dask
-    return run(payloads, workers, address, timeout)
+    return run(payloads, workers, address, timeout, config)
 
 
 def require_engine(name: str) -> None:

@@ -10,12 +10,15 @@ error; nothing is raised to the engine, so one bad slide never stops the others.
 
 Its payload is plain JSON-able data (the task, the resolved config, the archive folder and an
 optional staged copy of the slide), so it crosses process and machine boundaries as is.
-Encoders are loaded once per process and cached (a Ray or Dask worker keeps its models
-between slides).
+Encoders are loaded once per process and cached: every engine calls :func:`warm_up` when
+it starts a worker (the local pool's initializer, a Ray actor's constructor, a Dask worker
+plugin), so a worker loads its models once, before its first slide, and keeps them between
+slides. Each record names its worker process and how many encoder loads that process made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -45,6 +48,7 @@ from mmpath.errors import MmpathError
 log = logging.getLogger(__name__)
 
 _ENCODERS: dict[tuple, Any] = {}  # per-process model cache
+_LOADS = [0]  # encoder loads made by this process (each record names it)
 WORKER_DEVICE: str | None = None  # set by an engine's worker initializer (one GPU each)
 
 
@@ -114,24 +118,77 @@ def get_encoder(enc: EncoderConfig, device: str | None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             _ENCODERS[key] = resolve_encoder(enc.name, weights=enc.weights, device=device)
+        _LOADS[0] += 1
     return _ENCODERS[key]
 
 
-def _set_threads(n: int | None) -> None:
-    if n:
-        import torch
+def _run_encoders(cfg: ArchiveConfig) -> list[EncoderConfig]:
+    """Every encoder a job of ``cfg`` may load (the embedding ones, then zero-shot's)."""
+    encs = list(cfg.encoders)
+    zs = cfg.zero_shot
+    if zs is not None and zs.classes:
+        name = zs.encoder or cfg.encoders[0].name
+        if not any(e.name == name for e in encs):
+            encs.append(EncoderConfig(name))
+    return encs
 
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+
+def warm_up(config: dict[str, Any]) -> None:
+    """Prepare a worker process for a run's jobs: torch threads, then every encoder loaded once.
+
+    Engines call it when a worker starts. It never raises: an encoder that cannot load is
+    left for the jobs, which record the error per slide.
+    """
+    try:
+        cfg = archive_config(config)
+        threads = cfg.engine.torch_threads
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from mmpath import io, pp, tl  # noqa: F401 - the job's steps, imported up front
+
+        if cfg.thumbnails:  # matplotlib, imported once per worker
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot  # noqa: F401
+
+        device = cfg.engine.device or WORKER_DEVICE
+        for enc in _run_encoders(cfg):
+            get_encoder(enc, device)
+    except Exception as err:  # noqa: BLE001 - the jobs report it, slide by slide
+        log.debug("warm-up failed (%s); the jobs will report it", one_line(err))
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's CPU threads set to ``n`` for one job, restored after (a ``workers=0`` run must
+    not change the caller's process)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Process one slide; returns its record (also written to ``slides/<slide_id>.json``).
 
     ``payload`` holds ``task`` (a :class:`SlideTask` dict), ``config`` (the resolved
-    :class:`ArchiveConfig` dict), ``out`` (the archive folder) and ``staged`` (a local copy of
-    the slide to read instead of ``task.path``, or None). A slide locked by another live
-    runner returns a record with state ``"locked"`` (not written).
+    :class:`ArchiveConfig` dict), ``out`` (the archive folder), ``staged`` (a local copy of
+    the slide to read instead of ``task.path``, or None) and ``input`` (the input signature
+    of ``task.path`` the driver planned with: size, mtime and the optional sha256 are computed
+    once, by the driver, never again here). A slide locked by another live runner returns a
+    record with state ``"locked"`` (not written).
     """
     task = SlideTask.from_dict(payload["task"])
     cfg = archive_config(payload["config"])
@@ -148,14 +205,19 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
             f"{holder.get('host')})",
         }
     try:
-        return _run_locked(task, cfg, store, payload.get("staged"))
+        sig = payload.get("input")
+        if sig is None:  # a payload made by hand
+            sig = S.input_signature(task.path, with_hash=cfg.hash_inputs)
+        with _threads(cfg.engine.torch_threads):
+            return _run_locked(task, cfg, store, payload.get("staged"), sig)
     finally:
         lock.release()
 
 
-def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, staged) -> dict:
+def _run_locked(
+    task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, staged, sig: dict
+) -> dict:
     t0 = time.perf_counter()
-    sig = S.input_signature(task.path, with_hash=cfg.hash_inputs)
     prev = store.read_record(task.slide_id)
     plan = plan_slide(store, task, cfg, prev, sig)
     if plan.kind in ("skip", "failed"):  # another runner finished it since we planned
@@ -174,6 +236,7 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
         "mmpath_version": __version__,
         "host": S.HOST,
         "pid": os.getpid(),
+        "encoder_loads_at_start": _LOADS[0],  # 1+ when the worker's warm-up loaded them
         "started": time.time(),
         "table": os.path.join("tables", f"{task.slide_id}.h5ad"),
     }
@@ -183,8 +246,7 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
     store.write_record(rec)
     slide = None
     try:
-        _set_threads(cfg.engine.torch_threads)
-        slide, adata = _tiles(task, cfg, store, plan, staged, timings)
+        slide, adata, tissue = _tiles(task, cfg, store, plan, staged, timings)
         if plan.metadata and task.metadata:
             from mmpath import io
 
@@ -202,6 +264,8 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
         io.write_h5ad(adata, table)
         timings["write"] = time.perf_counter() - t
         rec.update(state=S.DONE, n_tiles=int(adata.n_obs), table_bytes=table.stat().st_size)
+        if cfg.thumbnails and (plan.kind == "full" or not store.thumb_path(task.slide_id).exists()):
+            _thumbnail(adata, slide, tissue, store, task.slide_id, rec, timings)
     except Exception as err:  # noqa: BLE001 - every failure is recorded, never raised
         log.debug("slide %s failed", task.slide_id, exc_info=True)
         rec.update(state=S.FAILED, error=one_line(err))
@@ -210,6 +274,7 @@ def _run_locked(task: SlideTask, cfg: ArchiveConfig, store: S.ArchiveStore, stag
             slide.close()
     timings["total"] = time.perf_counter() - t0
     rec["finished"] = time.time()
+    rec["encoder_loads"] = _LOADS[0]  # loads this worker process made so far
     try:
         store.write_record(rec)
     except OSError as err:  # e.g. the disk is full: the record stays "running" (redone)
@@ -227,7 +292,7 @@ def _tiles(task, cfg, store, plan, staged, timings):
     )
     timings["open"] = time.perf_counter() - t
     if plan.kind == "update":
-        return slide, io.read_h5ad(store.table_path(task.slide_id))
+        return slide, io.read_h5ad(store.table_path(task.slide_id)), None
     t = time.perf_counter()
     tissue = pp.detect_tissue(slide, mpp=cfg.tiling.tissue_mpp)
     timings["tissue"] = time.perf_counter() - t
@@ -247,7 +312,21 @@ def _tiles(task, cfg, store, plan, staged, timings):
         rec = _prov.slide_record(tiles, task.slide_id)
         _prov.set_slide_record(tiles, task.slide_id, {**rec, "path": task.path})
     timings["tile"] = time.perf_counter() - t
-    return slide, tiles
+    return slide, tiles, tissue
+
+
+def _thumbnail(adata, slide, tissue, store, slide_id: str, rec: dict, timings: dict) -> None:
+    """Draw the slide's tile grid; a picture that cannot be drawn never fails the slide."""
+    from mmpath.archive.pictures import draw_thumbnail
+
+    t = time.perf_counter()
+    try:
+        draw_thumbnail(adata, slide, tissue, store.thumb_path(slide_id))
+        rec["thumbnail"] = os.path.join("thumbs", f"{slide_id}.jpg")
+    except Exception as err:  # noqa: BLE001 - the table is done; the picture is a bonus
+        log.warning("no thumbnail for %s: %s", slide_id, one_line(err))
+        rec["thumbnail"] = None
+    timings["thumbnail"] = time.perf_counter() - t
 
 
 def _embed(adata, slide, cfg: ArchiveConfig, plan: Plan, rec: dict, timings: dict) -> None:

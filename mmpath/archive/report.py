@@ -46,7 +46,13 @@ def summary_line(summ: dict[str, Any]) -> str:
     )
 
 
-def summary_markdown(store: S.ArchiveStore, df: pd.DataFrame, summ: dict[str, Any]) -> str:
+def summary_markdown(
+    store: S.ArchiveStore,
+    df: pd.DataFrame,
+    summ: dict[str, Any],
+    *,
+    sheet: tuple[Any, int] = (None, 0),
+) -> str:
     meta = S._read_json(store.meta) or {}
     lines = [
         f"# Archive `{store.root}`",
@@ -74,6 +80,19 @@ def summary_markdown(store: S.ArchiveStore, df: pd.DataFrame, summ: dict[str, An
             lines.append(f"| {r.slide_id} | {r.state} | {err} |")
     else:
         lines.append("none")
+    path, shown = sheet
+    if path is not None:
+        done = int((df.state == S.DONE).sum())
+        which = f"all {done}" if shown == done else f"the first {shown} of {done}"
+        lines += [
+            "",
+            "## Contact sheet",
+            "",
+            f"Tiles coloured by tissue fraction over each slide ({which} done slides, by id; "
+            "every slide's picture is in `thumbs/`).",
+            "",
+            f"![contact sheet]({path.name})",
+        ]
     lines += ["", "## Versions", ""]
     lines += [f"* {k} {v}" for k, v in versions().items()]
     return "\n".join(lines) + "\n"

@@ -153,16 +153,17 @@ def run(
     save_config(cfg, store.root / "config.yaml")
 
     rows: dict[str, dict[str, Any]] = {}
-    todo: list[SlideTask] = []
+    todo: list[tuple[SlideTask, dict]] = []
     for task in tasks:
         prev = store.read_record(task.slide_id)
+        # computed once, here: the job records this signature (it never re-reads the file)
         sig = S.input_signature(task.path, with_hash=cfg.hash_inputs)
         plan = plan_slide(store, task, cfg, prev, sig)
         if plan.kind in ("skip", "failed"):
             action = "skipped" if plan.kind == "skip" else "kept failed"
             rows[task.slide_id] = _row({**prev, "action": action})
             continue
-        todo.append(task)
+        todo.append((task, sig))
         store.create_record({"slide_id": task.slide_id, "path": task.path, "state": S.PENDING})
     log.info(
         "archive %s: %d slide(s), %d to process on engine %r with %d worker(s)",
@@ -171,8 +172,14 @@ def run(
 
     cfg_dict = to_dict(cfg)
     payloads: Iterator[dict] = (
-        {"task": t.to_dict(), "config": cfg_dict, "out": str(store.root), "staged": None}
-        for t in todo
+        {
+            "task": t.to_dict(),
+            "config": cfg_dict,
+            "out": str(store.root),
+            "staged": None,
+            "input": sig,
+        }
+        for t, sig in todo
     )
     stager = None
     if cfg.staging.dir:
@@ -193,6 +200,7 @@ def run(
             workers=n_workers,
             address=cfg.engine.address,
             timeout=cfg.engine.connect_timeout,
+            config=cfg_dict,
         )
         for rec in results:
             rows[rec["slide_id"]] = _row(rec)
@@ -307,13 +315,16 @@ def status_summary(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def write_summary(folder: str | os.PathLike[str], df: pd.DataFrame | None = None) -> Path:
-    """Write ``<folder>/summary.md``: counts, failures with errors, throughput, versions."""
+    """Write ``<folder>/summary.md``: counts, failures with errors, throughput, versions, and
+    a contact sheet of the done slides' thumbnails (``contact_sheet.jpg``)."""
+    from mmpath.archive.pictures import contact_sheet
     from mmpath.archive.report import summary_markdown
     from mmpath.io._atomic import atomic_write_text
 
     store = S.ArchiveStore(folder).require()
     df = status(folder) if df is None else df
+    sheet = contact_sheet(store, df)
     path = store.root / "summary.md"
-    atomic_write_text(path, summary_markdown(store, df, status_summary(df)))
+    atomic_write_text(path, summary_markdown(store, df, status_summary(df), sheet=sheet))
     store.write_manifest(list(store.records()))
     return path

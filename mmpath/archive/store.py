@@ -8,8 +8,9 @@
       tables/<slide_id>.h5ad    one tile table per slide, written atomically
       slides/<slide_id>.json    the slide's record: state, error, tiles, timings, encoders...
       locks/<slide_id>.lock     held while a job works on the slide
+      thumbs/<slide_id>.jpg     the slide's tile grid over its thumbnail
       manifest.jsonl        every record in one file (rewritten atomically by run and status)
-      summary.md            written by `mmpath archive status`
+      summary.md            written by `mmpath archive status` (with contact_sheet.jpg)
 
 The per-slide records are the truth (each written atomically by the job that holds the
 slide's lock, so two runners never overwrite each other's records); the manifest is their
@@ -82,6 +83,7 @@ class ArchiveStore:
         self.tables = self.root / "tables"
         self.slides = self.root / "slides"
         self.locks = self.root / "locks"
+        self.thumbs = self.root / "thumbs"
         self.manifest = self.root / "manifest.jsonl"
         self.meta = self.root / "archive.json"
 
@@ -97,13 +99,16 @@ class ArchiveStore:
         return self
 
     def make_dirs(self) -> None:
-        for d in (self.tables, self.slides, self.locks):
+        for d in (self.tables, self.slides, self.locks, self.thumbs):
             d.mkdir(parents=True, exist_ok=True)
 
     # -- records ---------------------------------------------------------------------------
 
     def table_path(self, slide_id: str) -> Path:
         return self.tables / f"{slide_id}.h5ad"
+
+    def thumb_path(self, slide_id: str) -> Path:
+        return self.thumbs / f"{slide_id}.jpg"
 
     def record_path(self, slide_id: str) -> Path:
         return self.slides / f"{slide_id}.json"

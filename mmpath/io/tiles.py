@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from mmpath import _keys as K
+from mmpath._fork import worker_start_method
 from mmpath.errors import DataError, SlideError, TileReadError
 from mmpath.io import _prov
 from mmpath.io.slide import Slide, open_slide
@@ -426,13 +427,13 @@ def iter_tiles(
             start, batch, bad = _read_chunk(b)
             failed += bad
             yield np.arange(start, start + len(batch)), batch
-    elif "fork" in mp.get_all_start_methods():
+    elif (method := worker_start_method()) == "fork":
         # fork shares the already-built reader and the shared slots; handles reopen per
-        # process (see TileReader).
+        # process (see TileReader). Not when other libraries' threads make fork unsafe.
         ctx = mp.get_context("fork")
         yield from _iter_shared(ctx, reader, bounds, num_workers, batch_size, failed)
     else:
-        ctx = mp.get_context("spawn")
+        ctx = mp.get_context(method)
         with ctx.Pool(num_workers, initializer=_init_worker, initargs=(reader,)) as pool:
             todo = iter(bounds)
             pending = deque(

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mmpath._fork import worker_start_method
 from mmpath.errors import MmpathError
 from mmpath.io import _prov
 from mmpath.io.slide import ArraySlide, Slide, open_slide
@@ -312,21 +313,15 @@ def make_loader(
 
     kwargs: dict[str, Any] = {}
     in_memory = dataset.reader._given is not None and dataset.reader._given.path is None
-    if in_memory and num_workers > 0 and not _can_fork():
+    method = worker_start_method() if num_workers > 0 else None
+    if in_memory and method != "fork":
         num_workers = 0  # an in-memory slide only reaches workers by fork
     if num_workers > 0:
-        kwargs.update(worker_init_fn=worker_init, prefetch_factor=2)
-        if _can_fork():
-            kwargs["multiprocessing_context"] = "fork"
+        # fork unless other libraries' threads make it unsafe (see mmpath._fork)
+        kwargs.update(worker_init_fn=worker_init, prefetch_factor=2, multiprocessing_context=method)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory, **kwargs
     )
-
-
-def _can_fork() -> bool:
-    import multiprocessing as mp
-
-    return "fork" in mp.get_all_start_methods()
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:

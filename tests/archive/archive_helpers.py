@@ -15,6 +15,7 @@ CONFIG = {
     "tiling": {"size": 64, "mpp": 2.0, "min_tissue": 0.5},
     "encoders": ["tiny_vit"],
     "engine": {"batch_size": 16, "torch_threads": 1},
+    "thumbnails": False,  # drawn and checked in test_cli_run_and_status only (~0.3 s a slide)
 }
 
 

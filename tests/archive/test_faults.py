@@ -127,7 +127,7 @@ def test_cli_run_and_status(archive_slides, tmp_path, capsys):
     slides = _copy(archive_slides, tmp_path / "slides", IDS[:2])
     shutil.copy2(archive_slides / f"{CORRUPT}.tif", slides)
     cfg = tmp_path / "archive.yaml"
-    cfg.write_text(yaml.safe_dump(CONFIG))
+    cfg.write_text(yaml.safe_dump({**CONFIG, "thumbnails": True}))
     out = tmp_path / "arc"
     args = ["-q", "archive", "run", str(slides), "-o", str(out), "--config", str(cfg)]
     assert main([*args, "--workers", "0"]) == 2
@@ -142,6 +142,7 @@ def test_cli_run_and_status(archive_slides, tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert "## Failures (1)" in summary and CORRUPT in summary and "mmpath" in summary
     assert "3 slide(s): 2 done, 1 failed" in summary
+    _check_pictures(out, summary)
 
     # another tile size into the same folder: one line naming the flag, exit 2
     assert main([*args, "--workers", "0", "--size", "96"]) == 2
@@ -149,3 +150,28 @@ def test_cli_run_and_status(archive_slides, tmp_path, capsys):
     assert len(err) == 1 and "--overwrite" in err[0]
     assert main(["archive", "status", str(tmp_path)]) == 2
     assert "not an archive folder" in capsys.readouterr().err
+
+
+def _check_pictures(out: Path, summary: str) -> None:
+    """A thumbnail with the tile grid per done slide; the contact sheet shows both."""
+    import numpy as np
+    from PIL import Image
+
+    from mmpath.archive.pictures import SHEET_CELL
+
+    assert sorted(p.stem for p in (out / "thumbs").glob("*.jpg")) == IDS[:2]  # none if failed
+    pics = []
+    for sid in IDS[:2]:
+        rec = json.loads((out / "slides" / f"{sid}.json").read_text())
+        assert rec["thumbnail"] == f"thumbs/{sid}.jpg" and rec["timings"]["thumbnail"] > 0
+        im = np.asarray(Image.open(out / rec["thumbnail"]).convert("RGB")).astype(int)
+        # the tiles are painted in viridis (green/blue, not grey): a grid is drawn
+        coloured = (np.abs(im[..., 1] - im[..., 0]) > 40).mean()
+        assert im.shape[0] > 200 and coloured > 0.02, coloured
+        pics.append(im)
+    assert pics[0].shape != pics[1].shape or (pics[0] != pics[1]).any()
+    sheet = Image.open(out / "contact_sheet.jpg")
+    assert sheet.size[0] == 2 * SHEET_CELL  # two done slides, side by side
+    cells = np.asarray(sheet.convert("L"))
+    assert (cells[:, :SHEET_CELL] < 250).mean() > 0.1 and (cells[:, SHEET_CELL:] < 250).mean() > 0.1
+    assert "![contact sheet](contact_sheet.jpg)" in summary and "all 2 done slides" in summary

@@ -298,3 +298,27 @@ def test_staging_copies_ahead_within_bound_and_cleans_up(few_slides, tmp_path):
     assert third["staged"] and stager.peak <= stager.max_bytes
     stager.close()
     assert list((tmp_path / "stage2").iterdir()) == []
+
+
+def test_input_signature_is_computed_once_per_slide(few_slides, tmp_path, monkeypatch):
+    """The driver hashes each slide once and the job records that signature (of the
+    original file, also when it reads a staged copy)."""
+    from mmpath.archive import store as S
+
+    calls = []
+    real = S.input_signature
+
+    def counting(path, *, with_hash=False):
+        calls.append((Path(path).name, with_hash))
+        return real(path, with_hash=with_hash)
+
+    monkeypatch.setattr(S, "input_signature", counting)
+    out = tmp_path / "arc"
+    cfg = {**CONFIG, "hash_inputs": True}
+    table = mm.archive.run(few_slides, out, config=cfg, workers=0, stage_dir=tmp_path / "stage")
+    assert (table.state == "done").all()
+    assert sorted(calls) == [(f"s00{i}.tif", True) for i in (1, 2, 3)]
+    for sid in ("s001", "s002", "s003"):
+        rec = json.loads((out / "slides" / f"{sid}.json").read_text())
+        assert rec["input"] == real(str(few_slides / f"{sid}.tif"), with_hash=True)
+        assert len(rec["input"]["sha256"]) == 64

@@ -1,17 +1,25 @@
 """Benchmark archive runs: local 1 vs 2 workers, Ray and Dask vs local, overhead, memory.
 
 Data: ``--slides`` tiny synthetic pyramidal TIFFs (512 x 384 px at 2 µm/px, ~17 tiles of 64 px
-each), the ``tiny_vit`` encoder (random weights, 64-d), batch 16, one torch thread per worker.
-Every run writes a fresh archive folder from the same slides, side by side in one process:
+each), the ``tiny_vit`` encoder (random weights, 64-d), batch 16, torch threads per worker at
+the default (cores // workers). Every run writes a fresh archive folder from the same slides,
+side by side in one process:
 
-* ``local_1`` / ``local_2``: the local engine with 1 and 2 worker processes;
+* ``local_1`` / ``local_2``: the local engine with 1 and 2 worker processes, each at the
+  default threads: on 2 cores, 1 worker with 2 torch threads vs 2 workers with 1 each (what
+  a user gets: ``local_2_vs_1_*``);
+* ``local_1_t1``: 1 worker with 1 torch thread, the same per-worker resources as each of
+  ``local_2``'s (how the engine scales with workers: ``local_2_vs_1_same_threads_*``);
 * ``ray_2`` / ``dask_2``: Ray and Dask on a local 2-CPU cluster (2 workers);
-* per engine: ``wall_s`` (whole call, cluster and worker start-up included) and ``steady_s``
-  (first job start to last job finish, from the slides' records), and slides/s on each;
+* per engine: ``wall_s`` (whole call, cluster and worker start-up, model loads included) and
+  ``steady_s`` (first job start to last job finish, from the slides' records: workers load
+  their models before their first job), and slides/s on each;
 * ``per_slide_overhead_ms``: ``job_ms`` is the median of (job total - its stage timings:
   locks, records, planning inside the job); ``skip_ms`` the cost per slide of a rerun on a
   finished archive (the driver's planning); ``engine_ms`` the local-2 steady time per slide
   minus the median job time / 2 (scheduling and result passing);
+* ``thumbnail_ms``: the median time a job spends drawing its slide's thumbnail (off in the
+  speed runs, on in the memory runs);
 * ``memory``: peak RSS of an in-process run (``workers=0``, a fresh Python each) over N/4 and
   N slides; flat means the ratio stays near 1.
 
@@ -39,7 +47,11 @@ import numpy as np
 CONFIG = {
     "tiling": {"size": 64, "mpp": 2.0, "min_tissue": 0.5},
     "encoders": ["tiny_vit"],
-    "engine": {"batch_size": 16, "torch_threads": 1},
+    "engine": {"batch_size": 16},  # torch threads: cores // workers (the default)
+    # Off for the speed runs: the thumbnail is a one-thread matplotlib drawing (~0.3 s) that
+    # would dominate these tiny jobs and scale with workers better than the model does. Its
+    # cost is measured on its own (per_slide_overhead_ms.thumbnail_ms).
+    "thumbnails": False,
 }
 
 
@@ -53,11 +65,12 @@ def make_slides(folder: Path, n: int, side: int = 512) -> Path:
     return folder
 
 
-def timed_run(slides: Path, out: Path, **kw) -> dict:
+def timed_run(slides: Path, out: Path, threads: int | None = None, **kw) -> dict:
     import mmpath as mm
 
+    cfg = {**CONFIG, "engine": {**CONFIG["engine"], "torch_threads": threads}}
     t0 = time.perf_counter()
-    table = mm.archive.run(slides, out, config=CONFIG, **kw)
+    table = mm.archive.run(slides, out, config=cfg, **kw)
     wall = time.perf_counter() - t0
     st = mm.archive.status(out)
     done = st[st.state == "done"]
@@ -97,8 +110,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_rss_mb(slides: Path, out: Path) -> float:
+    """Peak RSS of an in-process run (thumbnails on: matplotlib's memory counts too)."""
+    cfg = {**CONFIG, "thumbnails": True}
     res = subprocess.run(
-        [sys.executable, "-c", _MEM, str(slides), str(out), json.dumps(CONFIG)],
+        [sys.executable, "-c", _MEM, str(slides), str(out), json.dumps(cfg)],
         capture_output=True,
         text=True,
         check=True,
@@ -127,16 +142,24 @@ def main() -> None:
     }
     runs = {}
     runs["local_1"] = timed_run(slides, tmp / "local_1", engine="local", workers=1)
+    runs["local_1_t1"] = timed_run(slides, tmp / "local_1_t1", threads=1, workers=1)
     runs["local_2"] = timed_run(slides, tmp / "local_2", engine="local", workers=2)
     for eng in ("ray", "dask"):
         if eng in skip:
             continue
         runs[f"{eng}_2"] = timed_run(slides, tmp / f"{eng}_2", engine=eng, workers=2)
     out["runs"] = runs
-    l1, l2 = runs["local_1"], runs["local_2"]
+    l1, l1t, l2 = runs["local_1"], runs["local_1_t1"], runs["local_2"]
     ratios = {
         "local_2_vs_1_wall": round(l1["wall_s"] / l2["wall_s"], 3),
         "local_2_vs_1_steady": round(l1["steady_s"] / l2["steady_s"], 3),
+        "local_2_vs_1_same_threads_wall": round(l1t["wall_s"] / l2["wall_s"], 3),
+        "local_2_vs_1_same_threads_steady": round(l1t["steady_s"] / l2["steady_s"], 3),
+    }
+    out["threads_per_worker"] = {
+        "local_1": max(1, os.cpu_count() // 1),
+        "local_1_t1": 1,
+        "local_2": max(1, os.cpu_count() // 2),
     }
     for eng in ("ray", "dask"):
         if f"{eng}_2" in runs:
@@ -158,6 +181,13 @@ def main() -> None:
     small = make_slides(tmp / "slides_small", max(4, n // 4), args.side)
     m_small = peak_rss_mb(small, tmp / "mem_small")
     m_full = peak_rss_mb(slides, tmp / "mem_full")
+    thumbs = [
+        json.loads(p.read_text())["timings"].get("thumbnail")
+        for p in (tmp / "mem_full" / "slides").glob("*.json")
+    ]
+    out["per_slide_overhead_ms"]["thumbnail_ms"] = round(
+        1e3 * float(np.median([t for t in thumbs if t is not None])), 1
+    )
     out["memory"] = {
         "peak_rss_mb_quarter": round(m_small, 1),
         "peak_rss_mb_full": round(m_full, 1),
