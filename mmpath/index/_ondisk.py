@@ -146,9 +146,12 @@ def build_blocks(
     if processes > 1:
         import multiprocessing as mp
 
+        from mmpath._fork import worker_start_method
+
         # fork: spawn would re-run the caller's script (no __main__ guard in notebooks and
-        # scripts); a forked child whose parent ran OpenMP is safe with one OpenMP thread
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # scripts); a forked child whose parent ran OpenMP is safe with one OpenMP thread.
+        # Not while Ray/Dask/gRPC threads are alive (a fork would deadlock): forkserver then.
+        ctx = mp.get_context(worker_start_method())
         with ProcessPoolExecutor(processes, mp_context=ctx) as ex:
             results = list(ex.map(_block_task, tasks))
     else:
