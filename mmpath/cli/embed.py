@@ -85,20 +85,23 @@ def _done(adata, key: str, encoder_name: str, weights, stain=None) -> bool:
     )
 
 
-def _settle_table_mpp(adata, args, remap) -> None:
+def _settle_table_mpp(adata, args, remap) -> bool:
     """The mpp rule for tables: a slide tiled without a known mpp is refused unless
-    ``--slide-mpp`` or ``--estimate-mpp`` gives one (recorded in the table's provenance)."""
+    ``--slide-mpp`` or ``--estimate-mpp`` gives one (recorded in the table's provenance).
+    Returns whether a slide record changed."""
     from mmpath import io
     from mmpath.io import _prov
     from mmpath.io._mpp import check_mpp
     from mmpath.pp.mpp import settle_mpp
 
+    changed = False
     for sid in _prov.slide_ids(adata):
         rec = _prov.slide_record(adata, sid)
         known = rec.get("mpp") is not None
         if args.slide_mpp is not None and not known:
             mpp = check_mpp(args.slide_mpp, what=f"slide {sid!r}")
             _prov.set_slide_mpp(adata, sid, mpp, source="override")
+            changed = True
         elif args.estimate_mpp:
             with io.open_slide_from(adata, sid, remap=remap) as slide:
                 est = settle_mpp(slide, estimate=True)
@@ -106,15 +109,19 @@ def _settle_table_mpp(adata, args, remap) -> None:
                     _prov.set_slide_mpp(
                         adata, sid, slide.mpp, source="estimate", estimate=est.to_dict()
                     )
+                    changed = True
         elif not known:
             raise SlideError(
                 f"slide {sid!r} was tiled without a known mpp, so its tiles' magnification is "
                 "unknown; give it with --slide-mpp (e.g. --slide-mpp 0.5) or --estimate-mpp"
             )
+    return changed
 
 
 def _open_table(path: Path, encoder, args, remap, stain=None):
-    """``(status, adata, key, weights)``: status 'todo', 'skipped' or 'not tiles'."""
+    """``(status, adata, key, weights)``: status 'todo' (the file is unchanged apart from
+    what embedding adds), 'todo-changed' (the slide records changed too: ``--slide-mpp``,
+    ``--estimate-mpp``), 'skipped' or 'not tiles'."""
     from mmpath import io
     from mmpath.io._atomic import recover
     from mmpath.tl.embed import _weights_id, embedding_key
@@ -129,8 +136,8 @@ def _open_table(path: Path, encoder, args, remap, stain=None):
     if not args.overwrite and _done(adata, key, encoder.info.name, weights, stain_rec):
         log.info("%s already holds %s from %s; skipping", path, key, encoder.info.name)
         return "skipped", adata, key, weights
-    _settle_table_mpp(adata, args, remap)
-    return "todo", adata, key, weights
+    changed = _settle_table_mpp(adata, args, remap)
+    return "todo-changed" if changed else "todo", adata, key, weights
 
 
 def _embed_kwargs(args, remap) -> dict:
@@ -145,30 +152,46 @@ def _embed_kwargs(args, remap) -> dict:
     }
 
 
-def _write(path: Path, adata, key: str, weights, args) -> None:
+def _write(path: Path, adata, key: str, weights, args, added_only: bool) -> None:
+    """Write the table back. ``added_only``: the file on disk differs from ``adata`` only by
+    what embedding adds, so only that is written (:mod:`mmpath.io._h5patch`; equal to a
+    full write, much faster for tiny tables)."""
     from mmpath import _keys as K
     from mmpath import io
     from mmpath.io import _prov
+    from mmpath.io._h5patch import write_added
 
     if args.weights is not None:  # record the weights as the user named them
         _prov.root(adata)[K.UNS_EMBEDDINGS][key]["weights"] = weights
-    io.write_h5ad(adata, path)
+    if not added_only:
+        io.write_h5ad(adata, path)
+        return
+    proj = f"{key}{K.PROJ_SUFFIX}"
+    write_added(
+        adata,
+        path,
+        path,
+        obsm=[key] + ([proj] if proj in adata.obsm else []),
+        obs=[K.TILE_OK],
+        uns=(K.UNS, K.UNS_EMBEDDINGS, key),
+        cache=args.h5_cache,
+    )
 
 
-def _embed_opened(path: Path, adata, key, weights, encoder, args, remap) -> None:
+def _embed_opened(path: Path, adata, key, weights, encoder, args, remap, added_only) -> None:
     from mmpath import tl
     from mmpath.tl._checkpoint import sidecar_path
 
     ckpt = sidecar_path(path, key)
     tl.embed(adata, encoder, **_embed_kwargs(args, remap), checkpoint=ckpt)
-    _write(path, adata, key, weights, args)
+    _write(path, adata, key, weights, args, added_only)
     shutil.rmtree(ckpt, ignore_errors=True)  # only once the table is safely written
 
 
 def embed_group(group: list, encoder, args, remap) -> None:
     """Embed several small tables (each under one chunk: nothing to resume inside them) in
     shared batches (``tl.embed`` packs small slides), then write each back atomically.
-    ``group`` holds ``(path, adata, key, weights)``."""
+    ``group`` holds ``(path, adata, key, weights, added_only)``."""
     from mmpath import _keys as K
     from mmpath import io, tl
     from mmpath.io import _prov
@@ -179,7 +202,7 @@ def embed_group(group: list, encoder, args, remap) -> None:
     proj_key = f"{key}{K.PROJ_SUFFIX}"
     rec = _prov.plain(_prov.root(cohort)[K.UNS_EMBEDDINGS][key])
     start = 0
-    for path, adata, _, weights in group:
+    for path, adata, _, weights, added_only in group:
         stop = start + adata.n_obs
         adata.obsm[key] = cohort.obsm[key][start:stop]
         if proj_key in cohort.obsm:
@@ -190,7 +213,7 @@ def embed_group(group: list, encoder, args, remap) -> None:
         own["n_failed"] = int((~adata.obs[K.TILE_OK].to_numpy(bool)).sum())
         root = _prov.root(adata)
         root[K.UNS_EMBEDDINGS] = {**_prov.plain(root.get(K.UNS_EMBEDDINGS, {})), key: own}
-        _write(path, adata, key, weights, args)
+        _write(path, adata, key, weights, args, added_only)
         start = stop
 
 
@@ -224,6 +247,9 @@ def cmd_embed(args) -> int:
     args.stain_fitted = _stain_target(args)  # a bad target fails before the model loads
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
     encoder_caveat(encoder)
+    from mmpath.io._h5patch import SubtreeCache
+
+    args.h5_cache = SubtreeCache()  # provenance shared by the tables, encoded once
     n_done = n_skipped = n_tiles = 0
     failures = []
     group: list = []  # small tables waiting to share batches
@@ -239,9 +265,9 @@ def cmd_embed(args) -> int:
             except MmpathError:
                 log.info("a table of a shared batch failed; embedding them one by one")
         if not done:
-            for path, adata, key, weights in group:
+            for path, adata, key, weights, added_only in group:
                 try:
-                    _embed_opened(path, adata, key, weights, encoder, args, remap)
+                    _embed_opened(path, adata, key, weights, encoder, args, remap, added_only)
                     done += 1
                 except MmpathError as err:
                     input_error(f"{path}: {err}")
@@ -261,17 +287,18 @@ def cmd_embed(args) -> int:
             n_skipped += 1
             n_tiles += adata.n_obs
             continue
-        if status != "todo":
+        if status not in ("todo", "todo-changed"):
             continue
+        added_only = status == "todo"
         n_tiles += adata.n_obs
         small = adata.n_obs < args.chunk_size and not _has_checkpoint(path, key)
         if small:
-            group.append((path, adata, key, weights))
+            group.append((path, adata, key, weights, added_only))
             if sum(g[1].n_obs for g in group) >= args.chunk_size:
                 n_done += flush()
             continue
         try:
-            _embed_opened(path, adata, key, weights, encoder, args, remap)
+            _embed_opened(path, adata, key, weights, encoder, args, remap, added_only)
             n_done += 1
         except MmpathError as err:
             input_error(f"{path}: {err}")
