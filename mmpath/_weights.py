@@ -235,3 +235,13 @@ def weights_status(name: str, spec: WeightsSpec | None) -> str:
     if not weights_found(name, spec):
         return "missing"
     return "verified" if marker_ok(weights_dir(name)) else "found"
+
+
+def requirement_available(module: str | None) -> bool:
+    """Whether an entry's optional package (``EntryMeta.requires``) is importable."""
+    if not module:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

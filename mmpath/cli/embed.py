@@ -245,6 +245,9 @@ def cmd_embed(args) -> int:
 
     remap = parse_remap(args.remap)
     args.stain_fitted = _stain_target(args)  # a bad target fails before the model loads
+    from mmpath.cli._catalog import check_encoder
+
+    check_encoder(args.encoder, args.weights)  # unknown name, missing weights: no torch yet
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
     encoder_caveat(encoder)
     from mmpath.io._h5patch import SubtreeCache

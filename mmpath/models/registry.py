@@ -18,7 +18,6 @@ Names given to :func:`create_encoder` may be an entry or alias, ``timm:<arch>``,
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -96,12 +95,9 @@ def register_encoder(
 
 
 def _available(meta: EntryMeta) -> bool:
-    if not meta.requires:
-        return True
-    try:
-        return importlib.util.find_spec(meta.requires) is not None
-    except (ImportError, ValueError):
-        return False
+    from mmpath._weights import requirement_available
+
+    return requirement_available(meta.requires)
 
 
 @contextlib.contextmanager
