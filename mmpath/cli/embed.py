@@ -13,6 +13,7 @@ forward pass per tiny table) would otherwise dominate.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -123,10 +124,9 @@ def _open_table(path: Path, encoder, args, remap, stain=None):
     what embedding adds), 'todo-changed' (the slide records changed too: ``--slide-mpp``,
     ``--estimate-mpp``), 'skipped' or 'not tiles'."""
     from mmpath import io
-    from mmpath.io._atomic import recover
     from mmpath.tl.embed import _weights_id, embedding_key
 
-    recover(path)  # a crashed earlier run's half-written copy of this table
+    _recover(path, args)  # a crashed earlier run's half-written copy of this table
     adata = io.read_h5ad(path)
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)
@@ -138,6 +138,22 @@ def _open_table(path: Path, encoder, args, remap, stain=None):
         return "skipped", adata, key, weights
     changed = _settle_table_mpp(adata, args, remap)
     return "todo-changed" if changed else "todo", adata, key, weights
+
+
+def _recover(path: Path, args) -> None:
+    """:func:`~mmpath.io._atomic.recover` for ``path``, listing each folder once per run
+    (not once per table: 1,000 tables in one folder made that quadratic)."""
+    from mmpath.io._atomic import recover
+
+    folder = path.parent.resolve()
+    if folder not in args.hidden_names:
+        try:
+            args.hidden_names[folder] = {n for n in os.listdir(folder) if n.startswith(".")}
+        except OSError:
+            args.hidden_names[folder] = None  # unreadable: let recover() look
+    names = args.hidden_names[folder]
+    if names is None or any(n.startswith(f".{path.name}.") for n in names):
+        recover(path)
 
 
 def _embed_kwargs(args, remap) -> dict:
@@ -175,6 +191,7 @@ def _write(path: Path, adata, key: str, weights, args, added_only: bool) -> None
         obs=[K.TILE_OK],
         uns=(K.UNS, K.UNS_EMBEDDINGS, key),
         cache=args.h5_cache,
+        recovered=True,  # by _open_table
     )
 
 
@@ -253,6 +270,7 @@ def cmd_embed(args) -> int:
     from mmpath.io._h5patch import SubtreeCache
 
     args.h5_cache = SubtreeCache()  # provenance shared by the tables, encoded once
+    args.hidden_names = {}  # folder -> its dot-files (leftovers of crashed writes), listed once
     n_done = n_skipped = n_tiles = 0
     failures = []
     group: list = []  # small tables waiting to share batches

@@ -102,6 +102,7 @@ def write_added(
     obs: Sequence[str] = (),
     uns: Sequence[str] = (),
     cache: SubtreeCache | None = None,
+    recovered: bool = False,
 ) -> Path:
     """Write ``adata`` to ``path`` atomically, given that it equals the table in ``source``
     except for the listed elements (added or replaced).
@@ -121,6 +122,8 @@ def write_added(
         (e.g. ``("mmpath", "embeddings", "X_uni")``); every other ``uns`` value is unchanged.
     cache
         Encoded ``uns`` values shared by a run's tables (see :class:`SubtreeCache`).
+    recovered
+        The caller has just recovered ``path`` (:func:`mmpath.io._atomic.recover`).
 
     Returns
     -------
@@ -131,7 +134,7 @@ def write_added(
 
     path = Path(path)
     cache = cache or SubtreeCache()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, recovered=recovered) as tmp:
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "r+") as f:
             for key in obsm:

@@ -4,6 +4,8 @@ to a copy of the table's file reads back exactly like a full ``anndata`` write."
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -152,6 +154,10 @@ def test_cli_embed_writes_what_a_full_write_would(tmp_path, monkeypatch, capsys)
             out.append(tmp_path / how / p.name)
             out[-1].parent.mkdir(exist_ok=True)
             shutil.copyfile(p, out[-1])
+        # a dead writer's half-written copy next to one table: removed, once per folder listing
+        p = subprocess.Popen([sys.executable, "-c", "pass"])
+        p.wait()
+        (out[1].parent / f".{out[1].name}.tmp-{p.pid}").write_bytes(b"half")
         if how == "full":
             monkeypatch.setattr(
                 _h5patch, "write_added", lambda a, src, path, **kw: mm.io.write_h5ad(a, path)
@@ -159,6 +165,7 @@ def test_cli_embed_writes_what_a_full_write_would(tmp_path, monkeypatch, capsys)
         argv = ["-q", "embed", *map(str, out), "--encoder", "mmpath-demo-vit", "--batch-size", "2"]
         assert main(argv) == 0
         runs[how] = [mm.io.read_h5ad(p) for p in out]
+        assert sorted(q.name for q in out[0].parent.iterdir()) == sorted(q.name for q in out)
     assert "embedded 3/3 table(s)" in capsys.readouterr().out
     for a, b in zip(runs["added"], runs["full"], strict=True):
         assert "X_demo_vit" in a.obsm and K.TILE_OK in a.obs
