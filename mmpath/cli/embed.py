@@ -258,13 +258,13 @@ def _has_checkpoint(path: Path, key: str) -> bool:
 
 
 def cmd_embed(args) -> int:
-    from mmpath.tl.embed import resolve_encoder
+    from mmpath.cli._catalog import check_encoder
 
     remap = parse_remap(args.remap)
     args.stain_fitted = _stain_target(args)  # a bad target fails before the model loads
-    from mmpath.cli._catalog import check_encoder
-
     check_encoder(args.encoder, args.weights)  # unknown name, missing weights: no torch yet
+    from mmpath.tl.embed import resolve_encoder
+
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
     encoder_caveat(encoder)
     from mmpath.io._h5patch import SubtreeCache
