@@ -225,8 +225,9 @@ def embed_group(group: list, encoder, args, remap) -> None:
         if proj_key in cohort.obsm:
             adata.obsm[proj_key] = cohort.obsm[proj_key][start:stop]
         adata.obs[K.TILE_OK] = cohort.obs[K.TILE_OK].to_numpy()[start:stop]
-        sids = {str(s) for s in adata.obs[K.SLIDE_ID].unique()}
-        own = dict(rec, preprocess={s: v for s, v in rec["preprocess"].items() if s in sids})
+        sids = [str(s) for s in adata.obs[K.SLIDE_ID].unique()]  # not a scan of all slides
+        pre = rec["preprocess"]
+        own = dict(rec, preprocess={s: pre[s] for s in sids if s in pre})
         own["n_failed"] = int((~adata.obs[K.TILE_OK].to_numpy(bool)).sum())
         root = _prov.root(adata)
         root[K.UNS_EMBEDDINGS] = {**_prov.plain(root.get(K.UNS_EMBEDDINGS, {})), key: own}
@@ -274,6 +275,7 @@ def cmd_embed(args) -> int:
     n_done = n_skipped = n_tiles = 0
     failures = []
     group: list = []  # small tables waiting to share batches
+    group_tiles = [0]  # their tiles
 
     def flush() -> int:
         """Embed the waiting small tables together; a failure falls back to one by one,
@@ -294,6 +296,7 @@ def cmd_embed(args) -> int:
                     input_error(f"{path}: {err}")
                     failures.append(path)
         group.clear()
+        group_tiles[0] = 0
         return done
 
     for name in progress(args.tables, args, desc="embedding", unit="table"):
@@ -315,7 +318,8 @@ def cmd_embed(args) -> int:
         small = adata.n_obs < args.chunk_size and not _has_checkpoint(path, key)
         if small:
             group.append((path, adata, key, weights, added_only))
-            if sum(g[1].n_obs for g in group) >= args.chunk_size:
+            group_tiles[0] += adata.n_obs  # a running total (a sum per table was quadratic)
+            if group_tiles[0] >= args.chunk_size:
                 n_done += flush()
             continue
         try:
