@@ -93,6 +93,8 @@ def test_demo_steps_exist():
 # own layer or a lower one. Names in one tuple share a layer. Why this order:
 # * the leaves (keys, errors, names, registries, settings) import nothing of mmpath above them;
 # * ``config`` sits with ``io``: it writes resolved YAML atomically through ``io._atomic``;
+# * ``_weights`` (the torch-free weights lookup) sits with ``io``: it recovers interrupted
+#   installs through ``io._atomic``;
 # * ``metrics`` is a leaf above ``pp``: scores of arrays and tables, used by everything above;
 # * ``models`` (torch) < ``datasets`` < ``train``: the loop trains registered models on datasets;
 # * ``train`` < ``tl``: table verbs fit heads through the one training loop (``fit_expression``);
@@ -110,7 +112,7 @@ LAYERS: list[tuple[str, ...]] = [
         "_fork",
         "_weights",
     ),
-    ("io", "config"),
+    ("io", "config", "_weights"),
     ("pp",),
     ("metrics",),
     ("models",),
@@ -151,8 +153,7 @@ FIRST_PARAM_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("pl", "roc"): "draws a linear_probe result",
 }
 # Public functions without a return annotation -> why (files other helpers are moving).
-RETURN_EXCEPTIONS: dict[tuple[str, str], str] = {
-}
+RETURN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # The only modules that may spell the provenance slot uns["mmpath"] (everyone else: K.UNS).
 UNS_OWNERS = {"mmpath._keys", "mmpath.io._prov"}
 

@@ -13,6 +13,7 @@ forward pass per tiny table) would otherwise dominate.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -85,20 +86,23 @@ def _done(adata, key: str, encoder_name: str, weights, stain=None) -> bool:
     )
 
 
-def _settle_table_mpp(adata, args, remap) -> None:
+def _settle_table_mpp(adata, args, remap) -> bool:
     """The mpp rule for tables: a slide tiled without a known mpp is refused unless
-    ``--slide-mpp`` or ``--estimate-mpp`` gives one (recorded in the table's provenance)."""
+    ``--slide-mpp`` or ``--estimate-mpp`` gives one (recorded in the table's provenance).
+    Returns whether a slide record changed."""
     from mmpath import io
     from mmpath.io import _prov
     from mmpath.io._mpp import check_mpp
     from mmpath.pp.mpp import settle_mpp
 
+    changed = False
     for sid in _prov.slide_ids(adata):
         rec = _prov.slide_record(adata, sid)
         known = rec.get("mpp") is not None
         if args.slide_mpp is not None and not known:
             mpp = check_mpp(args.slide_mpp, what=f"slide {sid!r}")
             _prov.set_slide_mpp(adata, sid, mpp, source="override")
+            changed = True
         elif args.estimate_mpp:
             with io.open_slide_from(adata, sid, remap=remap) as slide:
                 est = settle_mpp(slide, estimate=True)
@@ -106,20 +110,23 @@ def _settle_table_mpp(adata, args, remap) -> None:
                     _prov.set_slide_mpp(
                         adata, sid, slide.mpp, source="estimate", estimate=est.to_dict()
                     )
+                    changed = True
         elif not known:
             raise SlideError(
                 f"slide {sid!r} was tiled without a known mpp, so its tiles' magnification is "
                 "unknown; give it with --slide-mpp (e.g. --slide-mpp 0.5) or --estimate-mpp"
             )
+    return changed
 
 
 def _open_table(path: Path, encoder, args, remap, stain=None):
-    """``(status, adata, key, weights)``: status 'todo', 'skipped' or 'not tiles'."""
+    """``(status, adata, key, weights)``: status 'todo' (the file is unchanged apart from
+    what embedding adds), 'todo-changed' (the slide records changed too: ``--slide-mpp``,
+    ``--estimate-mpp``), 'skipped' or 'not tiles'."""
     from mmpath import io
-    from mmpath.io._atomic import recover
     from mmpath.tl.embed import _weights_id, embedding_key
 
-    recover(path)  # a crashed earlier run's half-written copy of this table
+    _recover(path, args)  # a crashed earlier run's half-written copy of this table
     adata = io.read_h5ad(path)
     key = embedding_key(encoder.info, args.key_added)
     weights = _weights_id(encoder, args.weights)
@@ -129,8 +136,24 @@ def _open_table(path: Path, encoder, args, remap, stain=None):
     if not args.overwrite and _done(adata, key, encoder.info.name, weights, stain_rec):
         log.info("%s already holds %s from %s; skipping", path, key, encoder.info.name)
         return "skipped", adata, key, weights
-    _settle_table_mpp(adata, args, remap)
-    return "todo", adata, key, weights
+    changed = _settle_table_mpp(adata, args, remap)
+    return "todo-changed" if changed else "todo", adata, key, weights
+
+
+def _recover(path: Path, args) -> None:
+    """:func:`~mmpath.io._atomic.recover` for ``path``, listing each folder once per run
+    (not once per table: 1,000 tables in one folder made that quadratic)."""
+    from mmpath.io._atomic import recover
+
+    folder = path.parent.resolve()
+    if folder not in args.hidden_names:
+        try:
+            args.hidden_names[folder] = {n for n in os.listdir(folder) if n.startswith(".")}
+        except OSError:
+            args.hidden_names[folder] = None  # unreadable: let recover() look
+    names = args.hidden_names[folder]
+    if names is None or any(n.startswith(f".{path.name}.") for n in names):
+        recover(path)
 
 
 def _embed_kwargs(args, remap) -> dict:
@@ -145,30 +168,47 @@ def _embed_kwargs(args, remap) -> dict:
     }
 
 
-def _write(path: Path, adata, key: str, weights, args) -> None:
+def _write(path: Path, adata, key: str, weights, args, added_only: bool) -> None:
+    """Write the table back. ``added_only``: the file on disk differs from ``adata`` only by
+    what embedding adds, so only that is written (:mod:`mmpath.io._h5patch`; equal to a
+    full write, much faster for tiny tables)."""
     from mmpath import _keys as K
     from mmpath import io
     from mmpath.io import _prov
+    from mmpath.io._h5patch import write_added
 
     if args.weights is not None:  # record the weights as the user named them
         _prov.root(adata)[K.UNS_EMBEDDINGS][key]["weights"] = weights
-    io.write_h5ad(adata, path)
+    if not added_only:
+        io.write_h5ad(adata, path)
+        return
+    proj = f"{key}{K.PROJ_SUFFIX}"
+    write_added(
+        adata,
+        path,
+        path,
+        obsm=[key] + ([proj] if proj in adata.obsm else []),
+        obs=[K.TILE_OK],
+        uns=(K.UNS, K.UNS_EMBEDDINGS, key),
+        cache=args.h5_cache,
+        recovered=True,  # by _open_table
+    )
 
 
-def _embed_opened(path: Path, adata, key, weights, encoder, args, remap) -> None:
+def _embed_opened(path: Path, adata, key, weights, encoder, args, remap, added_only) -> None:
     from mmpath import tl
     from mmpath.tl._checkpoint import sidecar_path
 
     ckpt = sidecar_path(path, key)
     tl.embed(adata, encoder, **_embed_kwargs(args, remap), checkpoint=ckpt)
-    _write(path, adata, key, weights, args)
+    _write(path, adata, key, weights, args, added_only)
     shutil.rmtree(ckpt, ignore_errors=True)  # only once the table is safely written
 
 
 def embed_group(group: list, encoder, args, remap) -> None:
     """Embed several small tables (each under one chunk: nothing to resume inside them) in
     shared batches (``tl.embed`` packs small slides), then write each back atomically.
-    ``group`` holds ``(path, adata, key, weights)``."""
+    ``group`` holds ``(path, adata, key, weights, added_only)``."""
     from mmpath import _keys as K
     from mmpath import io, tl
     from mmpath.io import _prov
@@ -179,18 +219,19 @@ def embed_group(group: list, encoder, args, remap) -> None:
     proj_key = f"{key}{K.PROJ_SUFFIX}"
     rec = _prov.plain(_prov.root(cohort)[K.UNS_EMBEDDINGS][key])
     start = 0
-    for path, adata, _, weights in group:
+    for path, adata, _, weights, added_only in group:
         stop = start + adata.n_obs
         adata.obsm[key] = cohort.obsm[key][start:stop]
         if proj_key in cohort.obsm:
             adata.obsm[proj_key] = cohort.obsm[proj_key][start:stop]
         adata.obs[K.TILE_OK] = cohort.obs[K.TILE_OK].to_numpy()[start:stop]
-        sids = {str(s) for s in adata.obs[K.SLIDE_ID].unique()}
-        own = dict(rec, preprocess={s: v for s, v in rec["preprocess"].items() if s in sids})
+        sids = [str(s) for s in adata.obs[K.SLIDE_ID].unique()]  # not a scan of all slides
+        pre = rec["preprocess"]
+        own = dict(rec, preprocess={s: pre[s] for s in sids if s in pre})
         own["n_failed"] = int((~adata.obs[K.TILE_OK].to_numpy(bool)).sum())
         root = _prov.root(adata)
         root[K.UNS_EMBEDDINGS] = {**_prov.plain(root.get(K.UNS_EMBEDDINGS, {})), key: own}
-        _write(path, adata, key, weights, args)
+        _write(path, adata, key, weights, args, added_only)
         start = stop
 
 
@@ -218,15 +259,23 @@ def _has_checkpoint(path: Path, key: str) -> bool:
 
 
 def cmd_embed(args) -> int:
-    from mmpath.tl.embed import resolve_encoder
+    from mmpath.cli._catalog import check_encoder
 
     remap = parse_remap(args.remap)
     args.stain_fitted = _stain_target(args)  # a bad target fails before the model loads
+    check_encoder(args.encoder, args.weights)  # unknown name, missing weights: no torch yet
+    from mmpath.tl.embed import resolve_encoder
+
     encoder = resolve_encoder(args.encoder, weights=args.weights, device=args.device)
     encoder_caveat(encoder)
+    from mmpath.io._h5patch import SubtreeCache
+
+    args.h5_cache = SubtreeCache()  # provenance shared by the tables, encoded once
+    args.hidden_names = {}  # folder -> its dot-files (leftovers of crashed writes), listed once
     n_done = n_skipped = n_tiles = 0
     failures = []
     group: list = []  # small tables waiting to share batches
+    group_tiles = [0]  # their tiles
 
     def flush() -> int:
         """Embed the waiting small tables together; a failure falls back to one by one,
@@ -239,14 +288,15 @@ def cmd_embed(args) -> int:
             except MmpathError:
                 log.info("a table of a shared batch failed; embedding them one by one")
         if not done:
-            for path, adata, key, weights in group:
+            for path, adata, key, weights, added_only in group:
                 try:
-                    _embed_opened(path, adata, key, weights, encoder, args, remap)
+                    _embed_opened(path, adata, key, weights, encoder, args, remap, added_only)
                     done += 1
                 except MmpathError as err:
                     input_error(f"{path}: {err}")
                     failures.append(path)
         group.clear()
+        group_tiles[0] = 0
         return done
 
     for name in progress(args.tables, args, desc="embedding", unit="table"):
@@ -261,17 +311,19 @@ def cmd_embed(args) -> int:
             n_skipped += 1
             n_tiles += adata.n_obs
             continue
-        if status != "todo":
+        if status not in ("todo", "todo-changed"):
             continue
+        added_only = status == "todo"
         n_tiles += adata.n_obs
         small = adata.n_obs < args.chunk_size and not _has_checkpoint(path, key)
         if small:
-            group.append((path, adata, key, weights))
-            if sum(g[1].n_obs for g in group) >= args.chunk_size:
+            group.append((path, adata, key, weights, added_only))
+            group_tiles[0] += adata.n_obs  # a running total (a sum per table was quadratic)
+            if group_tiles[0] >= args.chunk_size:
                 n_done += flush()
             continue
         try:
-            _embed_opened(path, adata, key, weights, encoder, args, remap)
+            _embed_opened(path, adata, key, weights, encoder, args, remap, added_only)
             n_done += 1
         except MmpathError as err:
             input_error(f"{path}: {err}")

@@ -53,9 +53,9 @@ def cmd_list(args) -> int:
         built = sum(slide_encoders.get(n).meta.offline for n in names)
         summary(args, f"{len(names)} slide encoders ({built} built and checked offline)")
         return 0
-    from mmpath.models import list_encoders
+    from mmpath.cli._catalog import catalog, list_table
 
-    df = list_encoders(args.pattern)
+    df = list_table(args.pattern)  # models.list_encoders without torch (cached metadata)
     if df.empty:
         summary(args, f"no encoder matches {args.pattern!r}")
         return 0
@@ -68,11 +68,9 @@ def cmd_list(args) -> int:
     real = df[df["weights"] != "random"]
     never = list(real.loc[~real["verified"].astype(bool), "name"])
     if (~df["available"]).any():
-        from mmpath.models.registry import encoders
-
         for name in df.loc[~df["available"], "name"]:
-            meta = encoders.get(name).meta
-            print(f"{name}: unavailable, needs {meta.install or meta.requires}")
+            rec = catalog().get(name).meta
+            print(f"{name}: unavailable, needs {rec['install'] or rec['requires']}")
     if never:
         print(f"never run on their real weights: {', '.join(never)}")
     summary(args, f"{len(df)} encoders; weights: mmpath weights install <name> <folder>")
@@ -92,23 +90,25 @@ def install_name(name: str) -> str:
                 f"{name!r} is neither a registry name nor an org/name hub id; "
                 "see `mmpath list` for the names"
             )
-        from mmpath.models.registry import _alias_for_hub
+        from mmpath.cli._catalog import records
 
-        return check_name(_alias_for_hub(name) or name.replace("/", "--"), what="weights name")
+        alias = next(
+            (r["name"] for r in records() if (r["spec"] or {}).get("hub_id") == name), None
+        )
+        return check_name(alias or name.replace("/", "--"), what="weights name")
     check_name(name, what="weights name")
-    from mmpath.models.registry import encoders
+    from mmpath.cli._catalog import catalog
 
     try:
-        return encoders.get(name).name
+        return catalog().get(name).name  # the registry's names, without torch
     except ModelError:
         log.warning("%r is not a registry name; installing under that name anyway", name)
         return name
 
 
 def cmd_weights_install(args) -> int:
+    from mmpath._weights import weights_dir
     from mmpath.io._atomic import atomic_path
-    from mmpath.models._verify import verify_weights, write_marker
-    from mmpath.models.weights import weights_dir
 
     name = install_name(args.name)  # before any file is touched
     src = Path(args.folder).expanduser()
@@ -119,6 +119,8 @@ def cmd_weights_install(args) -> int:
         raise WeightsError(f"{src} is the installed folder itself; pass the downloaded folder")
     if target.exists() and any(target.iterdir()) and not args.force:
         raise WeightsError(f"{target} already exists; pass --force to replace it")
+    from mmpath.models._verify import verify_weights, write_marker  # torch: real work from here
+
     checked = verify_weights(name, src)  # refuses a folder that is not these weights
     with atomic_path(target) as tmp:
         if src.is_dir():

@@ -42,7 +42,7 @@ def _sibling(target: Path, kind: str, pid: int | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], *, recovered: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     Works for files and directories. On error the temporary is removed and the previous
@@ -56,7 +56,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover(target)
+    if not recovered:  # ``recovered=True``: the caller just did (one listing per folder)
+        recover(target)
     tmp = _sibling(target, _TMP)
     _remove(tmp)
     try:

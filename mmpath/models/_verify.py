@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mmpath._weights import MARKER, _sizes, marker_ok  # noqa: F401 - torch-free home
 from mmpath.errors import MmpathError, ModelError, WeightsError
 from mmpath.models.weights import WeightsSpec, _pick_file, _read_one
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MARKER", "verify_weights", "write_marker", "marker_ok"]
 
-MARKER = ".mmpath-verified.json"
 
 
 def _lazy_state(path: Path) -> dict[str, tuple[int, ...]]:
@@ -132,28 +132,7 @@ def _check_shapes(enc, name: str, folder: Path, meta: dict[str, torch.Tensor]) -
     return "shapes"
 
 
-def _sizes(folder: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
-
-
 def write_marker(folder: Path, name: str, checked: str) -> None:
     """Record in ``folder`` that its weights were checked (and each file's size)."""
     record: dict[str, Any] = {"name": name, "checked": checked, "files": _sizes(folder)}
     (folder / MARKER).write_text(json.dumps(record, indent=1), encoding="utf-8")
-
-
-def marker_ok(folder: Path) -> bool:
-    """True when ``folder`` was verified by ``weights install`` and its files are unchanged."""
-    try:
-        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(record, dict)
-        and record.get("checked") in ("names and shapes", "shapes")
-        and record.get("files") == _sizes(folder)
-    )

@@ -21,7 +21,6 @@ stay importable from here (forwarded to the factory).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -95,12 +94,9 @@ def register_encoder(
 
 
 def _available(meta: EntryMeta) -> bool:
-    if not meta.requires:
-        return True
-    try:
-        return importlib.util.find_spec(meta.requires) is not None
-    except (ImportError, ValueError):
-        return False
+    from mmpath._weights import requirement_available
+
+    return requirement_available(meta.requires)
 
 
 def _alias_for_hub(hub_id: str) -> str | None:
@@ -114,27 +110,9 @@ def _alias_for_hub(hub_id: str) -> str | None:
 
 
 def _weights_found(name: str, meta: EntryMeta) -> bool:
-    if meta.weights is None:
-        return True  # random by design
-    from mmpath.models.weights import weights_dir
+    from mmpath._weights import weights_found
 
-    folder = weights_dir(name)
-    if folder.is_dir() and any(folder.iterdir()):
-        return True
-    if meta.weights.package:
-        from mmpath.models.weights import _package_dir
-
-        if _package_dir(meta.weights.package) is not None:
-            return True
-    if meta.weights.hub_id:
-        try:
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(meta.weights.hub_id, local_files_only=True)
-            return True
-        except Exception:  # noqa: BLE001 - not in the cache
-            return False
-    return False
+    return weights_found(name, meta.weights)
 
 
 def list_encoders(pattern: str = "*"):
@@ -155,23 +133,14 @@ def list_encoders(pattern: str = "*"):
     import pandas as pd
 
     import mmpath.models.encoders  # noqa: F401
+    from mmpath._weights import weights_status
 
     rows = []
     for name in encoders.list(pattern):
         entry = encoders.get(name)
         meta: EntryMeta = entry.meta
         info = meta.info
-        found = (
-            "random"
-            if meta.weights is None
-            else ("found" if _weights_found(name, meta) else "missing")
-        )
-        if found == "found":
-            from mmpath.models._verify import marker_ok
-            from mmpath.models.weights import weights_dir
-
-            if marker_ok(weights_dir(name)):
-                found = "verified"  # installed by `mmpath weights install`, checked, unchanged
+        found = weights_status(name, meta.weights)  # torch-free (mmpath._weights)
         rows.append(
             {
                 "name": name,
