@@ -98,8 +98,10 @@ def test_demo_steps_exist():
 # * ``metrics`` is a leaf above ``pp``: scores of arrays and tables, used by everything above;
 # * ``models`` (torch) < ``datasets`` < ``train``: the loop trains registered models on datasets;
 # * ``train`` < ``tl``: table verbs fit heads through the one training loop (``fit_expression``);
-# * ``index`` and ``archive`` run ``tl`` verbs; ``pl`` draws what they produce; ``serve`` and
-#   ``demo`` put them together; ``cli`` is the top, and the package root lazily exposes all.
+# * ``pl`` draws tables (it imports only ``io``/``pp``/``metrics``), so it sits below ``index``
+#   and ``archive``, which draw with it (archive thumbnails); ``index`` and ``archive`` run
+#   ``tl`` verbs; ``serve`` and ``demo`` put them together; ``cli`` is the top, and the
+#   package root lazily exposes all.
 LAYERS: list[tuple[str, ...]] = [
     (
         "_keys",
@@ -110,7 +112,6 @@ LAYERS: list[tuple[str, ...]] = [
         "_settings",
         "_moved",
         "_fork",
-        "_weights",
     ),
     ("io", "config", "_weights"),
     ("pp",),
@@ -119,9 +120,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("datasets",),
     ("train",),
     ("tl",),
+    ("pl",),
     ("index",),
     ("archive",),
-    ("pl",),
     ("serve",),
     ("demo",),
     ("cli",),

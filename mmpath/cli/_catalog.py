@@ -30,10 +30,9 @@ STATIC += ["license", "source", "verified"]
 
 
 def _digest() -> str:
-    import mmpath
     from mmpath._version import __version__
 
-    root = Path(mmpath.__file__).parent
+    root = Path(__file__).resolve().parents[1]
     h = hashlib.sha1(__version__.encode())
     files = sorted((root / "models").rglob("*.py")) + [root / "_weights.py", root / "_registry.py"]
     for p in files:
